@@ -1,0 +1,225 @@
+"""Built-in data sources: plain text, JSON Lines, JSON, Parquet, CSV and the Hugging Face hub.
+
+Registered through the `llmforge` entry-point group like any third-party plugin. Each source returns
+a `datasets.Dataset` (or `IterableDataset` when streaming) with one row per document; the core picks
+the `text_column`, drops empty documents and splits train/validation.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from llmforge import hookimpl
+from llmforge.config import DataConfig
+from llmforge.errors import DataError
+
+TEXT_SUFFIXES = {".txt", ".text", ".md"}
+
+
+@hookimpl
+def register_data_sources(register) -> None:
+    register("text", load_text)
+    register("jsonl", load_jsonl)
+    register("json", load_json)
+    register("parquet", load_parquet)
+    register("csv", load_csv)
+    register("hub", load_hub)
+
+
+def expand_paths(config: DataConfig, suffixes: set[str]) -> list[Path]:
+    """Files named by `path`: files, directories (searched recursively by suffix) and globs."""
+    if not config.path:
+        raise DataError(f"data.path is required for source '{config.source}': name a file, directory or glob.")
+    patterns = config.path if isinstance(config.path, list) else [config.path]
+    files: list[Path] = []
+    for pattern in patterns:
+        p = Path(os.path.expanduser(pattern))
+        if any(ch in pattern for ch in "*?["):
+            hits = [Path(h) for h in sorted(glob.glob(os.path.expanduser(pattern), recursive=True))]
+            hits = [h for h in hits if h.is_file()]
+            if not hits:
+                raise DataError(f"data.path glob '{pattern}' matches no file. Check the pattern and directory.")
+            files += hits
+        elif p.is_dir():
+            hits = sorted(h for h in p.rglob("*") if h.is_file() and h.suffix.lower() in suffixes)
+            if not hits:
+                raise DataError(
+                    f"Directory '{p}' holds no {'/'.join(sorted(suffixes))} file. "
+                    "Point data.path at the files or use a glob such as 'dir/**/*.ext'."
+                )
+            files += hits
+        elif p.is_file():
+            files.append(p)
+        elif p.exists():
+            raise DataError(f"data.path '{p}' is neither a file nor a directory.")
+        else:
+            raise DataError(f"data.path '{p}' does not exist (resolved from {Path.cwd()}).")
+    return files
+
+
+def read_text_file(path: Path, encoding: str) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"Cannot read '{path}': {exc.strerror or exc}. Check the path and its permissions.") from exc
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"'{path}' is not valid {encoding}: byte {exc.start} ({raw[exc.start : exc.start + 1]!r}). "
+            f"Convert it (iconv -f LATIN1 -t UTF-8) or set data.encoding to the file's encoding."
+        ) from exc
+    except LookupError as exc:
+        raise DataError(f"data.encoding '{encoding}' is not a known text encoding.") from exc
+
+
+def load_text(config: DataConfig) -> datasets.Dataset:
+    docs: list[str] = []
+    for path in expand_paths(config, TEXT_SUFFIXES):
+        text = read_text_file(path, config.encoding).replace("\r\n", "\n")
+        if config.documents == "file":
+            docs.append(text)
+        elif config.documents == "paragraph":
+            docs += [para.strip() for para in text.split("\n\n")]
+        else:
+            docs += text.split("\n")
+    return datasets.Dataset.from_dict({config.text_column: docs})
+
+
+def load_jsonl(config: DataConfig) -> datasets.Dataset:
+    texts: list[Any] = []
+    for path in expand_paths(config, {".jsonl", ".ndjson"}):
+        text = read_text_file(path, config.encoding)
+        # split on "\n" only: str.splitlines() also splits inside JSON strings at U+2028, U+0085, ...
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"'{path}' line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}). "
+                    "Each line of a JSON Lines file must be one JSON object."
+                ) from exc
+            if not isinstance(row, dict):
+                raise DataError(f"'{path}' line {lineno} is a JSON {type(row).__name__}, not an object.")
+            texts.append(_text_of(row, config, f"'{path}' line {lineno}"))
+    return datasets.Dataset.from_dict({config.text_column: texts})
+
+
+def load_json(config: DataConfig) -> datasets.Dataset:
+    texts: list[Any] = []
+    field = config.options.get("field")
+    for path in expand_paths(config, {".json"}):
+        try:
+            data = json.loads(read_text_file(path, config.encoding))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"'{path}' is not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
+        if field is not None:
+            if not isinstance(data, dict) or field not in data:
+                raise DataError(f"'{path}' has no top-level field '{field}' (data.options.field).")
+            data = data[field]
+        if not isinstance(data, list):
+            raise DataError(
+                f"'{path}' must hold a JSON array of objects; for an object that wraps the array, "
+                "set data.options.field to the key of the array."
+            )
+        texts += [_text_of(row, config, f"Row {i} of '{path}'") for i, row in enumerate(data, start=1)]
+    return datasets.Dataset.from_dict({config.text_column: texts})
+
+
+def _text_of(row: Any, config: DataConfig, where: str) -> str | None:
+    """The text field of one JSON row (only that field is kept, so extra fields cannot break the schema)."""
+    col = config.text_column
+    if not isinstance(row, dict):
+        raise DataError(f"{where} is a {type(row).__name__}, not an object.")
+    if col not in row:
+        raise DataError(
+            f"{where} has no field '{col}' (data.text_column). Its fields: {', '.join(sorted(row)) or 'none'}."
+        )
+    _check_text(row[col], config, where)
+    return row[col]
+
+
+def _check_text(t: Any, config: DataConfig, where: str) -> None:
+    if t is not None and not isinstance(t, str):
+        raise DataError(
+            f"{where}: '{config.text_column}' is a {type(t).__name__} ({str(t)[:40]!r}), "
+            "not text. Pick the column that holds the documents' text (data.text_column)."
+        )
+
+
+def load_parquet(config: DataConfig) -> datasets.Dataset:
+    import pyarrow.parquet as pq
+
+    texts: list[Any] = []
+    for path in expand_paths(config, {".parquet"}):
+        try:
+            schema = pq.read_schema(path)
+        except Exception as exc:
+            raise DataError(f"'{path}' is not a readable Parquet file: {exc}.") from exc
+        if config.text_column not in schema.names:
+            raise DataError(
+                f"'{path}' has no column '{config.text_column}' (data.text_column). "
+                f"Its columns: {', '.join(schema.names)}."
+            )
+        column = pq.read_table(path, columns=[config.text_column]).column(0).to_pylist()
+        for i, t in enumerate(column, start=1):
+            _check_text(t, config, f"Row {i} of '{path}'")
+        texts += column
+    return datasets.Dataset.from_dict({config.text_column: texts})
+
+
+def load_csv(config: DataConfig) -> datasets.Dataset:
+    import pandas as pd
+
+    texts: list[Any] = []
+    for path in expand_paths(config, {".csv", ".tsv"}):
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        try:
+            frame = pd.read_csv(path, sep=sep, encoding=config.encoding, dtype=str, keep_default_na=False)
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"'{path}' is not valid {config.encoding} (byte {exc.start}). Convert it to UTF-8 or set data.encoding."
+            ) from exc
+        except pd.errors.EmptyDataError as exc:
+            raise DataError(f"'{path}' is empty: it has no header row and no data.") from exc
+        except pd.errors.ParserError as exc:
+            raise DataError(f"'{path}' is not valid CSV: {exc}") from exc
+        if config.text_column not in frame.columns:
+            raise DataError(
+                f"'{path}' has no column '{config.text_column}' (data.text_column). "
+                f"Its columns: {', '.join(map(str, frame.columns))}."
+            )
+        texts += frame[config.text_column].tolist()
+    return datasets.Dataset.from_dict({config.text_column: texts})
+
+
+def load_hub(config: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
+    """`datasets.load_dataset(name, config, split=..., streaming=...)`: the hub, or a local builder."""
+    if not config.name:
+        raise DataError("data.name is required for source 'hub' (e.g. HuggingFaceFW/fineweb, or 'json').")
+    try:
+        return datasets.load_dataset(
+            config.name,
+            config.config,
+            split=config.split,
+            streaming=config.streaming,
+            data_files=config.data_files,
+            **config.options,
+        )
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = (
+            " The hub is switched off here (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1): use a local copy or a file source."
+            if offline
+            else " Check the name, config and split, and your network."
+        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"Cannot load hub dataset '{config.name}' (config {config.config}): {first}.{hint}") from exc

@@ -1,0 +1,167 @@
+"""Trainer callbacks: progress display, metrics.jsonl, complete-checkpoint markers and rotation."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from llmforge import rundir
+from llmforge.plugins import Plugins
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint dirs in step order (complete or not)."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
+
+
+def complete_checkpoints(directory: Path, compat: str | None = None) -> list[Path]:
+    return [p for p in checkpoints(directory) if rundir.is_complete(p, compat)]
+
+
+def truncate_metrics(path: Path, stage: str, after_step: int) -> None:
+    """Drop `stage` lines logged after `after_step` (they are replayed exactly on resume)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if row.get("stage") == stage and row.get("step", 0) > after_step:
+            continue
+        kept.append(json.dumps(row))
+    rundir.write_text(path, "".join(k + "\n" for k in kept))
+
+
+class LlmforgeCallback(TrainerCallback):
+    """Everything llmforge adds around a Trainer's loop, in one place."""
+
+    def __init__(
+        self,
+        stage: str,
+        run_dir: Path,
+        plugins: Plugins,
+        console: Console,
+        tokens_per_step: int,
+        compat: str,
+        keep_last: int,
+    ) -> None:
+        self.stage = stage
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.plugins = plugins
+        self.console = console
+        self.tokens_per_step = tokens_per_step
+        self.compat = compat
+        self.keep_last = keep_last
+        self.progress: Progress | None = None
+        self.task = None
+        self.last: tuple[int, float] = (0, time.perf_counter())
+        self.start: tuple[int, float] = (0, time.perf_counter())
+        self.latest: dict[str, Any] = {}
+
+    # progress ------------------------------------------------------------------------------------
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        self.last = self.start = (state.global_step, time.perf_counter())
+        if not state.is_world_process_zero:
+            return
+        self.progress = Progress(
+            TextColumn(f"[bold]{self.stage}[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(
+            self.stage, total=state.max_steps, completed=state.global_step, loss="-", lr="-", tps="-"
+        )
+        self.progress.start()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    # metrics -------------------------------------------------------------------------------------
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kw: Any,
+    ):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        row: dict[str, Any] = {
+            "stage": self.stage,
+            "step": state.global_step,
+            "tokens": state.global_step * self.tokens_per_step,
+        }
+        for key, value in logs.items():
+            row[key] = value
+        if "loss" in logs:
+            steps, elapsed = state.global_step - self.last[0], now - self.last[1]
+            if steps > 0 and elapsed > 0:
+                row["tokens_per_second"] = round(steps * self.tokens_per_step / elapsed, 1)
+            self.last = (state.global_step, now)
+        if "eval_loss" in logs and math.isfinite(logs["eval_loss"]):
+            row["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50))
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        self.latest.update(row)
+        self.plugins.call("on_log", stage=self.stage, metrics=row)
+        if self.progress is not None and "loss" in logs:
+            self.progress.update(
+                self.task,
+                loss=f"{logs['loss']:.3f}",
+                lr=f"{logs.get('learning_rate', 0):.2e}",
+                tps=f"{row.get('tokens_per_second', 0):,.0f}",
+            )
+        if "eval_loss" in logs:
+            self.console.print(
+                f"  step {state.global_step}: validation loss {logs['eval_loss']:.4f}, "
+                f"perplexity {row['eval_perplexity']:.2f}"
+            )
+        elif not self.console.is_terminal and "loss" in logs:
+            self.console.print(
+                f"  step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}, "
+                f"{row.get('tokens_per_second', 0):,.0f} tok/s"
+            )
+
+    # checkpoints ---------------------------------------------------------------------------------
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        """Trainer has written checkpoint-N: mark it complete, then rotate old complete ones."""
+        if not state.is_world_process_zero:
+            return
+        out = Path(args.output_dir)
+        path = out / f"checkpoint-{state.global_step}"
+        if not path.is_dir():
+            return
+        rundir.write_manifest(path, self.compat, {"step": state.global_step})
+        keep = {path}
+        if state.best_model_checkpoint:
+            keep.add(Path(state.best_model_checkpoint))
+        done = complete_checkpoints(out)
+        for old in done[: max(0, len(done) - self.keep_last)]:
+            if old not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+        self.plugins.call("on_checkpoint", stage=self.stage, path=path)

@@ -1,0 +1,213 @@
+"""The stage configs: one dataclass per stage, the single source of truth for recipe keys.
+
+Each field's `help` metadata is its documentation; the recipe reference in docs/ is generated from
+these classes. `from_mapping` turns a YAML mapping into a config and rejects unknown keys and wrong
+types with the key's full name and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, Union
+
+from llmforge.errors import ConfigError, did_you_mean
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it is split into training and validation documents."""
+
+    source: str = _f("text", "Data-source plugin name: text, jsonl, json, parquet, csv, hub, or a plugin's.")
+    path: str | list[str] | None = _f(None, "File, directory or glob (or a list of them) for file sources.")
+    text_column: str = _f("text", "Column (or JSON field) that holds each document's text.")
+    documents: Literal["file", "paragraph", "line"] = _f(
+        "file", "For plain text files: one document per file, per blank-line paragraph, or per line."
+    )
+    encoding: str = _f("utf-8", "Text encoding of plain text and CSV files.")
+    name: str | None = _f(None, "Hub dataset name (source: hub), e.g. HuggingFaceFW/fineweb, or a builder.")
+    config: str | None = _f(None, "Hub dataset configuration name, e.g. sample-10BT.")
+    split: str = _f("train", "Hub dataset split to read.")
+    data_files: str | list[str] | dict[str, Any] | None = _f(None, "data_files for datasets.load_dataset.")
+    streaming: bool = _f(False, "Stream the hub dataset instead of downloading it whole.")
+    max_documents: int | None = _f(None, "Read at most this many documents (useful with streaming).")
+    val_fraction: float = _f(0.05, "Share of documents held out for validation (split by document).")
+    seed: int = _f(1234, "Seed of the train/validation split.")
+    num_proc: int | None = _f(None, "Processes for tokenization; default: the CPU count (at most 8).")
+    options: dict[str, Any] = _f({}, "Extra keyword options passed to the data-source plugin.")
+
+
+@dataclass
+class TokenizerConfig:
+    """Train a byte-level BPE tokenizer on the training documents, or load an existing one."""
+
+    train: bool = _f(True, "Train a new byte-level BPE tokenizer on the training split.")
+    path: str | None = _f(None, "Load this tokenizer (local dir or hub name) instead of training one.")
+    vocab_size: int = _f(8192, "Vocabulary size of a trained tokenizer, special tokens included.")
+    min_frequency: int = _f(2, "Minimum pair frequency for a BPE merge.")
+    special_tokens: list[str] = _f(["<|endoftext|>", "<|pad|>"], "Special tokens of a trained tokenizer.")
+    eos_token: str = _f("<|endoftext|>", "End-of-document token; documents are joined with it.")
+    pad_token: str | None = _f(
+        "<|pad|>", "Padding token. Set it equal to eos_token only if you mean it; null keeps a loaded one's."
+    )
+    max_documents: int | None = _f(None, "Train the tokenizer on at most this many documents.")
+
+
+@dataclass
+class ModelConfig:
+    """The network: built from a config by name, or loaded from existing weights."""
+
+    arch: str = _f("gpt2", "transformers model_type of a model built from scratch (gpt2, llama, ...).")
+    from_pretrained: str | None = _f(None, "Start from these weights (local dir or hub name) instead.")
+    n_layer: int = _f(4, "Transformer blocks.")
+    n_embd: int = _f(128, "Hidden width.")
+    n_head: int = _f(4, "Attention heads; must divide n_embd.")
+    n_kv_head: int | None = _f(None, "Key/value heads for grouped-query attention (families that have it).")
+    context_length: int = _f(256, "Tokens per training block and the model's positions.")
+    dropout: float = _f(0.0, "Dropout everywhere; 0 keeps the fast attention kernel for pretraining.")
+    tie_embeddings: bool = _f(True, "Share the input embedding and output projection weights.")
+    attn_implementation: str = _f("sdpa", "Attention kernel: sdpa or eager.")
+    trust_remote_code: bool = _f(False, "Allow from_pretrained to run code from the model repository.")
+    extra: dict[str, Any] = _f({}, "Further keys passed to the family's transformers config.")
+
+
+@dataclass
+class TrainConfig:
+    """Pretraining with transformers' Trainer on packed, document-aware blocks."""
+
+    epochs: float = _f(1.0, "Passes over the training blocks (ignored when max_steps is set).")
+    max_steps: int | None = _f(None, "Optimizer steps to train; overrides epochs.")
+    batch_size: int = _f(8, "Blocks per device per micro-batch.")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step.")
+    lr: float = _f(6e-4, "Peak learning rate.")
+    schedule: Literal["cosine", "linear", "constant"] = _f("cosine", "Learning-rate schedule after warmup.")
+    warmup: float = _f(0.0, "Warmup: a fraction of the steps if below 1, else a number of steps.")
+    weight_decay: float = _f(0.1, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.95, "AdamW beta2.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables clipping).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+        "fp32", "Numeric precision; auto picks bf16 where the hardware supports it, else fp32."
+    )
+    eval_every: int | None = _f(None, "Evaluate on the validation blocks every N steps (default: at the end).")
+    save_every: int | None = _f(None, "Save a checkpoint every N steps (default: only the final model).")
+    keep_last: int = _f(2, "Checkpoints to keep.")
+    log_every: int = _f(10, "Log loss, learning rate and tokens/s every N steps.")
+    early_stopping: int | None = _f(None, "Stop after this many evaluations without a lower validation loss.")
+    seed: int = _f(1234, "Seed for initialisation, data order and dropout.")
+    torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long runs).")
+    document_aware: bool = _f(True, "Packed documents do not attend to each other.")
+    report_to: list[str] = _f(["none"], "Trainer integrations: tensorboard, wandb, mlflow or none.")
+    dataloader_workers: int = _f(0, "DataLoader worker processes.")
+
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], mapping: Any, where: str) -> T:
+    """Build `cls` from a mapping, naming `where.key` in every error."""
+    if mapping is None:
+        mapping = {}
+    if dataclasses.is_dataclass(mapping) and isinstance(mapping, cls):
+        return mapping
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"'{where}' must be a mapping of keys to values, got {type(mapping).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in mapping.items():
+        if key not in hints:
+            raise ConfigError(
+                f"Unknown key '{where}.{key}'{did_you_mean(str(key), names)}. Valid keys: {', '.join(names)}."
+            )
+        values[key] = check_type(value, hints[key], f"{where}.{key}")
+    return cls(**values)
+
+
+def check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return `value` (coerced where harmless: int -> float, '6e-4' -> 6e-4) or raise naming `key`."""
+    ok, coerced = _match(value, hint)
+    if not ok:
+        raise ConfigError(f"'{key}' must be {_describe(hint)}, got {value!r} ({type(value).__name__}).")
+    return coerced
+
+
+def _match(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return True, value
+    if hint is type(None):
+        return value is None, value
+    if origin in (Union, types.UnionType):
+        for arg in args:
+            ok, coerced = _match(value, arg)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin is Literal:
+        return value in args, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for item in value:
+            ok, coerced = _match(item, args[0] if args else Any)
+            if not ok:
+                return False, value
+            out.append(coerced)
+        return True, out
+    if origin is dict:
+        return isinstance(value, dict), value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 6e-4 as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    return isinstance(value, hint), value
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    if hint is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def field_docs(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for each field: the raw material of the recipe reference."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((f.name, _describe(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,255 @@
+"""Recipe: the stage configs, loaded from YAML or built in Python, and run stage by stage.
+
+A stage whose fingerprint (its config and its inputs' fingerprints) matches a complete artefact in
+the run directory is skipped; any other stage runs, and a training stage resumes from its last
+complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import transformers
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from llmforge import rundir
+from llmforge.config import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, check_type, from_mapping
+from llmforge.context import Context
+from llmforge.errors import ConfigError, RunDirError, did_you_mean
+from llmforge.plugins import get_plugins
+
+STAGE_CONFIGS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
+STAGE_DIRS = {"data": "data/documents", "tokenizer": "tokenizer", "model": "model", "train": "train/final"}
+TOP_KEYS = ["name", "plugins", *STAGE_CONFIGS]
+
+
+@dataclass
+class Recipe:
+    """An ordered set of stage configs. Build it in Python or with `Recipe.from_yaml`."""
+
+    name: str = "llmforge-run"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    plugins: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, mapping: dict[str, Any], where: str = "recipe") -> Recipe:
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{where} must be a YAML mapping with keys {', '.join(TOP_KEYS)}.")
+        for key in mapping:
+            if key not in TOP_KEYS:
+                raise ConfigError(
+                    f"Unknown key '{key}' in {where}{did_you_mean(str(key), TOP_KEYS)}. "
+                    f"Valid keys: {', '.join(TOP_KEYS)}."
+                )
+        kwargs: dict[str, Any] = {
+            stage: from_mapping(cfg_cls, mapping.get(stage), stage) for stage, cfg_cls in STAGE_CONFIGS.items()
+        }
+        kwargs["name"] = check_type(mapping.get("name", "llmforge-run"), str, "name")
+        kwargs["plugins"] = check_type(mapping.get("plugins") or [], list[str], "plugins")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
+        """Load a recipe file; `overrides` are `stage.key=value` strings (values parsed as YAML)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError(f"Recipe file '{path}' does not exist.") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Cannot read recipe file '{path}': {exc}") from exc
+        try:
+            mapping = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"'{path}' is not valid YAML: {exc}") from exc
+        for item in overrides or []:
+            apply_override(mapping, item)
+        recipe = cls.from_dict(mapping, where=f"'{path}'")
+        base = path.resolve().parent
+        recipe.data = _resolve_paths(recipe.data, base)
+        return recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def run(self, out: str | Path, only: str | None = None, console: Console | None = None) -> Run:
+        """Run every stage (or `only` one) in `out`; finished, unchanged stages are skipped."""
+        from llmforge.stages import STAGES
+
+        if only is not None and only not in STAGES:
+            raise ConfigError(
+                f"--only '{only}' is not a stage{did_you_mean(only, STAGES)}. Stages: {', '.join(STAGES)}."
+            )
+        console = console or Console()
+        datasets.disable_progress_bars()  # llmforge prints its own progress
+        transformers.utils.logging.disable_progress_bar()
+        out = Path(out)
+        plugins = get_plugins(self.plugins)
+        ctx = Context(out, self, plugins, console)
+        with rundir.locked(out):
+            check_run_dir(out, self)
+            rundir.write_text(out / "recipe.yaml", self.to_yaml())
+            summary = []
+            for name, stage in STAGES.items():
+                ctx.fingerprints[name] = stage.fingerprint(ctx)
+                artefact = out / STAGE_DIRS[name]
+                rundir.clean_stale(artefact.parent)
+                up_to_date = rundir.is_complete(artefact, ctx.fingerprints[name])
+                if up_to_date and only != name:
+                    ctx.outputs[name] = rundir.read_manifest(artefact)["info"]
+                    summary.append((name, "up to date", None))
+                    continue
+                if only is not None and only != name and not up_to_date:
+                    raise RunDirError(
+                        f"--only {only} needs the '{name}' stage, which is missing or out of date in {out}. "
+                        "Run the whole recipe first."
+                    )
+                console.rule(f"[bold]{name}")
+                plugins.call("on_stage_start", stage=name, run_dir=out)
+                started = time.perf_counter()
+                ctx.outputs[name] = stage.run(ctx)
+                summary.append((name, "ran", time.perf_counter() - started))
+                plugins.call("on_stage_end", stage=name, run_dir=out, outputs=ctx.outputs[name])
+        run = Run(out)
+        print_summary(console, summary, ctx.outputs)
+        return run
+
+
+def apply_override(mapping: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"Override '{item}' must look like stage.key=value (e.g. train.max_steps=10).")
+    dotted, raw = item.split("=", 1)
+    keys = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Override '{item}': the value is not valid YAML ({exc}).") from exc
+    node = mapping
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"Override '{item}': '{key}' is not a mapping.")
+    node[keys[-1]] = value
+
+
+def _resolve_paths(cfg: DataConfig, base: Path) -> DataConfig:
+    """Relative data paths in a recipe file are relative to the file, like the seeds' scripts."""
+
+    def fix(p: str) -> str:
+        return p if Path(p).expanduser().is_absolute() else str(base / p)
+
+    if isinstance(cfg.path, str):
+        cfg.path = fix(cfg.path)
+    elif isinstance(cfg.path, list):
+        cfg.path = [fix(p) for p in cfg.path]
+    return cfg
+
+
+def check_run_dir(out: Path, recipe: Recipe) -> None:
+    """Refuse an output dir that holds another recipe's run (nothing is overwritten)."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out '{out}' exists and is not a directory.")
+    previous = out / "recipe.yaml"
+    if previous.exists():
+        try:
+            name = (yaml.safe_load(previous.read_text()) or {}).get("name")
+        except yaml.YAMLError:
+            name = None
+        if name != recipe.name:
+            raise RunDirError(
+                f"'{out}' holds a run of recipe '{name}', not '{recipe.name}'. Choose another --out "
+                "(or delete that directory if you no longer need it)."
+            )
+    elif out.is_dir() and any(p.name != ".lock" for p in out.iterdir()):
+        raise RunDirError(f"'{out}' is not empty and holds no llmforge run. Choose another --out.")
+
+
+def print_summary(console: Console, summary: list[tuple[str, str, float | None]], outputs: dict[str, Any]) -> None:
+    table = Table(title="llmforge run", show_header=True)
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("time", justify="right")
+    table.add_column("result")
+    for name, status, seconds in summary:
+        table.add_row(
+            name, status, f"{seconds:.1f}s" if seconds is not None else "-", _describe(name, outputs.get(name, {}))
+        )
+    console.print(table)
+
+
+def _describe(stage: str, out: dict[str, Any]) -> str:
+    if stage == "data" and "train" in out:
+        return f"{out['train']['documents']:,} train / {out['validation']['documents']:,} val documents"
+    if stage == "tokenizer":
+        return f"vocab {out.get('vocab_size', '?'):,}"
+    if stage == "model" and "parameters" in out:
+        return f"{out['arch']} {out['parameters'] / 1e6:.2f}M params, {out['tokens_per_parameter']:.2f} tokens/param"
+    if stage == "train" and "val_loss" in out:
+        tps = out.get("tokens_per_second")
+        return (
+            f"val loss {out['val_loss']:.3f}, perplexity {out['val_perplexity']:.1f} "
+            f"(unigram {out['unigram_perplexity']:.1f}); {tps:,.0f} tok/s"
+            if tps
+            else ""
+        )
+    return ""
+
+
+class Run:
+    """A run directory: its finished model, generation and perplexity."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def model_dir(self) -> Path:
+        final = self.path / "train" / "final"
+        if not rundir.is_complete(final):
+            raise RunDirError(f"{self.path} has no finished model (train/final). Run the recipe first.")
+        return final
+
+    def recipe(self) -> Recipe:
+        return Recipe.from_dict(yaml.safe_load((self.path / "recipe.yaml").read_text()))
+
+    def generate(self, prompt: str, **kwargs: Any) -> str:
+        from llmforge.generate import generate, load
+
+        model, tok = load(self.model_dir)
+        return generate(model, tok, prompt, **kwargs)
+
+    def perplexity(self, batch_size: int = 8) -> dict[str, float]:
+        """Loss and perplexity of the finished model on the validation blocks."""
+        import datasets
+
+        from llmforge.generate import load
+        from llmforge.perplexity import perplexity
+
+        model, _ = load(self.model_dir)
+        blocks = datasets.load_from_disk(str(self.path / "data" / "blocks"))["validation"]
+        recipe = self.recipe()
+        return perplexity(
+            model,
+            blocks,
+            batch_size=batch_size,
+            eos_id=model.config.eos_token_id,
+            document_aware=recipe.train.document_aware,
+        )
+
+    def metrics(self) -> list[dict[str, Any]]:
+        import json
+
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -1,0 +1,232 @@
+"""Data stage: read documents through a data-source plugin, validate them, split by document.
+
+`blocks(ctx)` then tokenizes the documents with the recipe's tokenizer and packs them into
+`context_length` blocks (documents joined by EOS, no padding), cached as Arrow in `data/blocks/`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from llmforge import rundir
+from llmforge.config import DataConfig
+from llmforge.context import Context
+from llmforge.errors import ConfigError, DataError
+
+
+def fingerprint(ctx: Context) -> str:
+    cfg: DataConfig = ctx.recipe.data
+    inputs: Any = None
+    if cfg.path:
+        inputs = _input_stats(cfg)
+    return rundir.fingerprint("data", vars(cfg), inputs)
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg: DataConfig = ctx.recipe.data
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}.")
+    docs = read_documents(cfg, ctx)
+    split = docs.train_test_split(test_size=cfg.val_fraction, seed=cfg.seed, shuffle=True)
+    if len(split["test"]) == 0 or len(split["train"]) == 0:
+        raise ConfigError(
+            f"data.val_fraction {cfg.val_fraction} of {len(docs)} documents leaves an empty split. "
+            "Raise data.val_fraction, add data, or split files into paragraphs (data.documents: paragraph)."
+        )
+    splits = datasets.DatasetDict(train=split["train"], validation=split["test"])
+    stats = {name: _text_stats(ds) for name, ds in splits.items()}
+    stats["empty_documents_dropped"] = ctx.cache.pop("empty_documents", 0)
+    with rundir.atomic_dir(ctx.path("data", "documents"), ctx.fingerprints["data"], stats) as tmp:
+        splits.save_to_disk(str(tmp))
+    rundir.write_json(ctx.path("data", "stats.json"), {"documents": stats})
+    ctx.console.print(
+        f"  {stats['train']['documents']:,} training and {stats['validation']['documents']:,} validation "
+        f"documents, {stats['train']['words'] + stats['validation']['words']:,} words"
+        + (f" ({stats['empty_documents_dropped']} empty dropped)" if stats["empty_documents_dropped"] else "")
+    )
+    return stats
+
+
+def read_documents(cfg: DataConfig, ctx: Context) -> datasets.Dataset:
+    """The source's documents as a one-column ('text') Dataset without empty documents."""
+    load = ctx.plugins.data_source(cfg.source)
+    ds = load(cfg)
+    if isinstance(ds, datasets.IterableDataset):
+        ds = _materialise(ds, cfg)
+    if not isinstance(ds, datasets.Dataset):
+        raise DataError(
+            f"Data source '{cfg.source}' ({ctx.plugins.registries['data_source'].owner(cfg.source)}) returned "
+            f"a {type(ds).__name__}; a data source must return a datasets.Dataset or IterableDataset."
+        )
+    where = cfg.path or cfg.name or cfg.source
+    if cfg.text_column not in ds.column_names:
+        raise DataError(
+            f"{where} has no column '{cfg.text_column}' (data.text_column). Its columns: {', '.join(ds.column_names)}."
+        )
+    feature = ds.features[cfg.text_column]
+    if getattr(feature, "dtype", None) not in ("string", "large_string", "null"):
+        raise DataError(
+            f"Column '{cfg.text_column}' of {where} holds {feature}, not text. "
+            "Set data.text_column to the column with the documents' text."
+        )
+    ds = ds.select_columns([cfg.text_column])
+    if cfg.text_column != "text":
+        ds = ds.rename_column(cfg.text_column, "text")
+    before = len(ds)
+    ds = ds.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
+    ctx.cache["empty_documents"] = before - len(ds)
+    if len(ds) == 0:
+        raise DataError(
+            f"{where} holds no non-empty document ({before} empty). Check data.path, data.text_column "
+            "and data.documents."
+        )
+    if cfg.max_documents is not None:
+        ds = ds.select(range(min(cfg.max_documents, len(ds))))
+    return ds
+
+
+def _materialise(stream: datasets.IterableDataset, cfg: DataConfig) -> datasets.Dataset:
+    if cfg.max_documents is not None:
+        stream = stream.take(cfg.max_documents)
+    rows = [{cfg.text_column: row.get(cfg.text_column)} for row in stream] if cfg.max_documents else None
+    if rows is not None:
+        return datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({cfg.text_column: []})
+
+    def gen(stream: datasets.IterableDataset = stream, col: str = cfg.text_column):
+        for row in stream:
+            yield {col: row.get(col)}
+
+    return datasets.Dataset.from_generator(gen)
+
+
+def _text_stats(ds: datasets.Dataset) -> dict[str, int]:
+    words = chars = 0
+    for batch in ds.iter(batch_size=2048):
+        for t in batch["text"]:
+            words += len(t.split())
+            chars += len(t)
+    return {"documents": len(ds), "words": words, "characters": chars}
+
+
+def _input_stats(cfg: DataConfig) -> Any:
+    """Sizes and times of local input files, so editing the corpus reruns the stage."""
+    try:
+        from llmforge_sources import expand_paths  # the built-in plugin's path rules
+    except ImportError:  # pragma: no cover - the built-in plugins are part of the package
+        return cfg.path
+    try:
+        return rundir.file_stats(
+            expand_paths(cfg, {".txt", ".text", ".md", ".jsonl", ".ndjson", ".json", ".parquet", ".csv", ".tsv"})
+        )
+    except DataError:
+        return cfg.path  # the source itself will report the problem
+
+
+# --- blocks: tokenized and packed training data -------------------------------------------------
+
+
+def blocks_fingerprint(ctx: Context) -> str:
+    return rundir.fingerprint(
+        "blocks", ctx.fingerprints["data"], ctx.fingerprints["tokenizer"], ctx.recipe.model.context_length
+    )
+
+
+def blocks(ctx: Context) -> datasets.DatasetDict:
+    """Packed `context_length` blocks for train and validation, built once and cached."""
+    if "blocks" in ctx.cache:
+        return ctx.cache["blocks"]
+    out = ctx.path("data", "blocks")
+    fp = blocks_fingerprint(ctx)
+    if not rundir.is_complete(out, fp):
+        _build_blocks(ctx, out, fp)
+    dd = datasets.load_from_disk(str(out))
+    ctx.cache["blocks"] = dd
+    ctx.cache["block_stats"] = rundir.read_manifest(out)["info"]
+    return dd
+
+
+def block_stats(ctx: Context) -> dict[str, Any]:
+    blocks(ctx)
+    return ctx.cache["block_stats"]
+
+
+def _build_blocks(ctx: Context, out: Path, fp: str) -> None:
+    from llmforge.stages.tokenizer import load_tokenizer
+
+    cfg = ctx.recipe.data
+    T = ctx.recipe.model.context_length
+    tok = load_tokenizer(ctx)
+    docs = datasets.load_from_disk(str(ctx.path("data", "documents")))
+    eos = tok.eos_token_id
+    num_proc = cfg.num_proc or _default_num_proc(docs)
+    ctx.console.print(f"  tokenizing and packing into blocks of {T} tokens ({num_proc} process(es))")
+    backend = tok.backend_tokenizer
+
+    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        encodings = backend.encode_batch(batch["text"], add_special_tokens=False)
+        return {"input_ids": [e.ids + [eos] for e in encodings]}
+
+    stats: dict[str, Any] = {"context_length": T, "vocab_size": len(tok)}
+    packed = {}
+    counts = {}
+    scratch = out.parent / f".blocks-scratch-{os.getpid()}"  # map's cache files, never inside documents/
+    scratch.mkdir(parents=True, exist_ok=True)
+    for name, ds in docs.items():
+        ids = ds.map(
+            encode,
+            batched=True,
+            batch_size=1000,
+            num_proc=num_proc if num_proc > 1 else None,
+            remove_columns=["text"],
+            cache_file_name=str(scratch / f"{name}.arrow"),
+        )
+        flat = (
+            np.fromiter(
+                (t for row in ids.iter(batch_size=4096) for doc in row["input_ids"] for t in doc), dtype=np.int32
+            )
+            if len(ids)
+            else np.zeros(0, np.int32)
+        )
+        n_blocks = len(flat) // T
+        if n_blocks == 0:
+            raise DataError(
+                f"The {name} split has {len(flat)} tokens, fewer than one block of model.context_length={T}. "
+                "Add data, raise data.val_fraction, or lower model.context_length."
+            )
+        counts[name] = np.bincount(flat, minlength=len(tok))
+        packed[name] = datasets.Dataset.from_dict(
+            {"input_ids": flat[: n_blocks * T].reshape(n_blocks, T)},
+            features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"), length=T)}),
+        )
+        stats[name] = {"tokens": int(len(flat)), "blocks": n_blocks, "dropped_tokens": int(len(flat) - n_blocks * T)}
+        if name == "validation":
+            stats[name]["unigram_perplexity"] = _unigram_perplexity(counts["train"], flat[: n_blocks * T], T)
+    words = sum(
+        s["words"] for s in rundir.read_manifest(ctx.path("data", "documents"))["info"].values() if isinstance(s, dict)
+    )
+    stats["tokens_per_word"] = round((stats["train"]["tokens"] + stats["validation"]["tokens"]) / max(words, 1), 3)
+    with rundir.atomic_dir(out, fp, stats) as tmp:
+        datasets.DatasetDict(packed).save_to_disk(str(tmp))
+    del ids
+    shutil.rmtree(scratch, ignore_errors=True)
+    doc_stats = rundir.read_manifest(ctx.path("data", "documents"))["info"]
+    rundir.write_json(ctx.path("data", "stats.json"), {"documents": doc_stats, "blocks": stats})
+
+
+def _unigram_perplexity(train_counts: np.ndarray, val_tokens: np.ndarray, T: int) -> float:
+    """Perplexity of an add-one unigram model of the training tokens on the positions a model predicts."""
+    probs = (train_counts + 1.0) / (train_counts.sum() + len(train_counts))
+    targets = val_tokens.reshape(-1, T)[:, 1:].ravel()
+    return float(np.exp(-np.log(probs[targets]).mean()))
+
+
+def _default_num_proc(docs: datasets.DatasetDict) -> int:
+    """Worker processes pay off only on large corpora; the Rust tokenizer already uses threads."""
+    size = sum(ds.data.nbytes for ds in docs.values())
+    return 1 if size < 64 * 2**20 else min(os.cpu_count() or 1, 8)

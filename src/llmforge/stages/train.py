@@ -1,0 +1,226 @@
+"""Train stage: pretrain on packed, document-aware blocks with transformers' Trainer.
+
+Trainer brings the loop, mixed precision, gradient accumulation, torch.compile and DDP. llmforge adds
+the packed collator, checkpoints that are only trusted once complete, exact resume from the last
+complete one, metrics.jsonl and the progress display (llmforge.callbacks).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from llmforge import rundir
+from llmforge.callbacks import LlmforgeCallback, checkpoints, complete_checkpoints, truncate_metrics
+from llmforge.config import TrainConfig
+from llmforge.context import Context
+from llmforge.errors import ConfigError, RunDirError, TrainingError
+from llmforge.packing import DocumentMaskGuard, PackedCollator
+from llmforge.stages import data
+from llmforge.stages.tokenizer import load_tokenizer
+
+
+def fingerprint(ctx: Context) -> str:
+    return rundir.fingerprint("train", vars(ctx.recipe.train), compat_fingerprint(ctx))
+
+
+def compat_fingerprint(ctx: Context) -> str:
+    """What a checkpoint must share with the recipe to be resumed: the model and its data."""
+    return rundir.fingerprint("train-compat", ctx.fingerprints["model"], data.blocks_fingerprint(ctx))
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg: TrainConfig = ctx.recipe.train
+    validate(cfg)
+    tok = load_tokenizer(ctx)
+    blocks = data.blocks(ctx)
+    ckpt_dir = ctx.path("train", "checkpoints")
+    resume = resume_point(ckpt_dir, compat_fingerprint(ctx), ctx)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(ctx.path("model")), attn_implementation=ctx.recipe.model.attn_implementation
+    )
+    ctx.plugins.call("prepare_model", model=model, stage="train", config=cfg)
+    guard = DocumentMaskGuard().attach(model) if cfg.document_aware else None
+
+    T = ctx.recipe.model.context_length
+    world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * T * world
+    steps = planned_steps(cfg, len(blocks["train"]), world)
+    args = training_arguments(cfg, ckpt_dir, steps)
+    callback = LlmforgeCallback(
+        "train", ctx.run_dir, ctx.plugins, ctx.console, tokens_per_step, compat_fingerprint(ctx), cfg.keep_last
+    )
+    callbacks: list[Any] = [callback]
+    if cfg.early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=blocks["train"].with_format("torch"),
+        eval_dataset=blocks["validation"].with_format("torch"),
+        data_collator=PackedCollator(tok.eos_token_id, cfg.document_aware),
+        processing_class=tok,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # LlmforgeCallback shows progress and logs
+    truncate_metrics(ctx.path("metrics.jsonl"), "train", resume[1] if resume else 0)
+    if resume:
+        ctx.console.print(f"  resuming from {resume[0].name} (step {resume[1]})")
+    ctx.console.print(
+        f"  {steps} steps of {tokens_per_step:,} tokens ({cfg.batch_size} x {cfg.grad_accum} "
+        f"x {T}{f' x {world} processes' if world > 1 else ''})"
+    )
+    started = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+    except torch.OutOfMemoryError as exc:
+        raise TrainingError(
+            "Out of memory. Lower train.batch_size and raise train.grad_accum by the same factor (the "
+            "effective batch stays), or lower model.context_length."
+        ) from exc
+    wall = time.perf_counter() - started
+    if guard is not None:
+        guard.remove()
+    evaluation = last_evaluation(trainer) or trainer.evaluate()
+    done_steps = trainer.state.global_step - (resume[1] if resume else 0)
+    outputs = {
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "val_loss": evaluation["eval_loss"],
+        "val_perplexity": math.exp(min(evaluation["eval_loss"], 50)),
+        "unigram_perplexity": data.block_stats(ctx)["validation"]["unigram_perplexity"],
+        "tokens_per_second": round(done_steps * tokens_per_step / wall, 1) if wall > 0 else None,
+        "train_seconds": round(wall, 1),
+    }
+    if args.should_save:
+        save_final(trainer, tok, ctx.path("train", "final"), ctx.fingerprints["train"], outputs)
+    return outputs
+
+
+def last_evaluation(trainer: Trainer) -> dict[str, float] | None:
+    """The evaluation logged at the final step, if there was one (no need to evaluate twice)."""
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            return entry if entry.get("step") == trainer.state.global_step else None
+    return None
+
+
+def validate(cfg: TrainConfig) -> None:
+    for key in ("batch_size", "grad_accum", "keep_last", "log_every"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(cfg, key)}.")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ConfigError(f"train.max_steps must be at least 1, got {cfg.max_steps}.")
+    if cfg.max_steps is None and cfg.epochs <= 0:
+        raise ConfigError(f"train.epochs must be positive, got {cfg.epochs}.")
+    if not cfg.lr > 0:
+        raise ConfigError(f"train.lr must be positive, got {cfg.lr}.")
+    if cfg.early_stopping and not cfg.eval_every:
+        raise ConfigError("train.early_stopping needs train.eval_every: the patience counts evaluations.")
+    for key in ("eval_every", "save_every"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(cfg, key)}.")
+
+
+def planned_steps(cfg: TrainConfig, n_blocks: int, world: int) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = math.ceil(math.ceil(n_blocks / (cfg.batch_size * world)) / cfg.grad_accum)
+    return max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """bf16/fp16 flags for TrainingArguments, or a clear error where the hardware cannot."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if cuda else _cpu_has_bf16()
+        return {"bf16": bf16, "fp16": False}
+    if precision == "fp16" and not cuda:
+        raise TrainingError("train.precision fp16 needs a CUDA GPU. Use bf16 (or auto) on a CPU, or fp32.")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise TrainingError("This GPU has no bf16 support. Use train.precision fp16 or fp32.")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int) -> TrainingArguments:
+    warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
+    evaluate = cfg.eval_every is not None
+    save_every = cfg.save_every or (cfg.eval_every if cfg.early_stopping else None)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type={"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule],
+        warmup_steps=warmup,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        max_grad_norm=cfg.max_grad_norm,
+        optim="adamw_torch_fused",
+        logging_strategy="steps",
+        logging_steps=cfg.log_every,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.eval_every,
+        save_strategy="steps" if save_every else "no",
+        save_steps=save_every,
+        save_total_limit=None,  # LlmforgeCallback rotates, counting complete checkpoints only
+        load_best_model_at_end=bool(cfg.early_stopping),
+        metric_for_best_model="eval_loss" if cfg.early_stopping else None,
+        greater_is_better=False if cfg.early_stopping else None,
+        seed=cfg.seed,
+        torch_compile=cfg.torch_compile,
+        report_to=[r for r in cfg.report_to if r != "none"] or "none",
+        dataloader_num_workers=cfg.dataloader_workers,
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        use_cache=False,
+        **precision_flags(cfg.precision),
+    )
+
+
+def resume_point(ckpt_dir: Path, compat: str, ctx: Context) -> tuple[Path, int] | None:
+    """The latest complete checkpoint; incomplete ones (a kill during a save) are removed."""
+    for path in checkpoints(ckpt_dir):
+        if rundir.read_manifest(path) is None:
+            ctx.console.print(f"  removing incomplete {path.name} (interrupted while saving)")
+            shutil.rmtree(path, ignore_errors=True)
+    rundir.clean_stale(ckpt_dir)
+    done = complete_checkpoints(ckpt_dir)
+    if not done:
+        return None
+    if not rundir.is_complete(done[-1], compat):
+        raise RunDirError(
+            f"{ckpt_dir} holds checkpoints of a different model, tokenizer or data than this recipe, so "
+            "training cannot resume from them. Use another --out, or delete that directory to start over."
+        )
+    return done[-1], int(done[-1].name.split("-")[1])
+
+
+def save_final(trainer: Trainer, tok: Any, final: Path, fp: str, outputs: dict[str, Any]) -> None:
+    """The finished model as a plain HF dir (loads without llmforge), written atomically."""
+    model = trainer.model
+    model.config.use_cache = True
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id
+    with rundir.atomic_dir(final, fp, outputs) as tmp:
+        trainer.save_model(str(tmp))
+        tok.save_pretrained(str(tmp))

@@ -1,0 +1,58 @@
+"""Shared fixtures: a small corpus cut from the bundled one, and a tiny recipe that trains in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "examples" / "data" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def corpus_text() -> str:
+    """About 60 kB of real English prose in blank-line paragraphs."""
+    return (CORPUS / "pride_and_prejudice.txt").read_text(encoding="utf-8")[:60_000]
+
+
+@pytest.fixture
+def corpus_file(tmp_path: Path, corpus_text: str) -> Path:
+    path = tmp_path / "corpus" / "book.txt"
+    path.parent.mkdir()
+    path.write_text(corpus_text, encoding="utf-8")
+    return path
+
+
+def tiny_recipe_dict(corpus: Path, **train: object) -> dict:
+    """A recipe small enough to train in a few seconds on one CPU thread."""
+    return {
+        "name": "tiny-test",
+        "data": {"source": "text", "path": str(corpus), "documents": "paragraph", "val_fraction": 0.1, "seed": 7},
+        "tokenizer": {"vocab_size": 400},
+        "model": {"n_layer": 1, "n_embd": 32, "n_head": 2, "context_length": 32},
+        "train": {
+            "max_steps": 6,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "eval_every": 3,
+            "save_every": 3,
+            "log_every": 1,
+            "seed": 3,
+            **train,
+        },
+    }
+
+
+@pytest.fixture
+def tiny_recipe(corpus_file: Path):
+    from llmforge import Recipe
+
+    return Recipe.from_dict(tiny_recipe_dict(corpus_file))

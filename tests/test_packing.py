@@ -1,0 +1,73 @@
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from llmforge.errors import TrainingError
+from llmforge.packing import DocumentMaskGuard, PackedCollator, document_position_ids
+
+EOS = 0
+
+
+def test_positions_restart_after_each_eos():
+    ids = torch.tensor([[5, 6, EOS, 7, 8, 9, EOS, 4], [EOS, 1, 2, 3, 4, 5, 6, 7]])
+    pos = document_position_ids(ids, EOS)
+    assert pos.tolist() == [[0, 1, 2, 0, 1, 2, 3, 0], [0, 0, 1, 2, 3, 4, 5, 6]]
+
+
+def test_collator_gives_labels_equal_inputs_and_no_attention_mask():
+    batch = PackedCollator(EOS)([{"input_ids": [3, EOS, 4, 5]}, {"input_ids": [6, 7, EOS, 8]}])
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    assert torch.equal(batch["labels"][:, 1:], batch["input_ids"][:, 1:])
+    assert batch["labels"][:, 0].tolist() == [-100, -100]  # never a target: keeps Trainer's token count exact
+    assert batch["position_ids"].tolist() == [[0, 1, 0, 1], [0, 1, 2, 0]]
+    plain = PackedCollator(EOS, document_aware=False)([{"input_ids": [3, EOS, 4, 5]}])
+    assert "position_ids" not in plain
+
+
+def _model(attn: str) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=50,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        use_cache=False,
+    )
+    return GPT2LMHeadModel._from_config(cfg, attn_implementation=attn).eval()
+
+
+def test_second_document_in_a_packed_row_sees_only_itself():
+    """The promise of document-aware packing, checked on the real model forward as training calls it."""
+    doc1, doc2 = [11, 12, 13, 14, EOS], [21, 22, 23, 24, 25, 26, EOS]
+    for attn in ("sdpa", "eager"):
+        model = _model(attn)
+        packed = PackedCollator(EOS)([{"input_ids": doc1 + doc2}])
+        alone = PackedCollator(EOS)([{"input_ids": doc2}])
+        with torch.no_grad():
+            in_row = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+            by_itself = model(input_ids=alone["input_ids"], position_ids=alone["position_ids"], use_cache=False).logits
+            leaky = model(input_ids=packed["input_ids"], use_cache=False).logits
+        assert torch.allclose(in_row[0, len(doc1) :], by_itself[0], atol=1e-5), attn
+        assert not torch.allclose(leaky[0, len(doc1) :], by_itself[0], atol=1e-3), attn
+
+
+def test_guard_refuses_attention_mask_and_cache_in_training():
+    model = _model("sdpa").train()
+    handle = DocumentMaskGuard().attach(model)
+    ids = torch.tensor([[1, 2, EOS, 3]])
+    model(input_ids=ids, position_ids=document_position_ids(ids, EOS), use_cache=False)  # allowed
+    for bad in ({"attention_mask": torch.ones_like(ids)}, {"use_cache": True}):
+        try:
+            model(input_ids=ids, **bad)
+        except TrainingError as exc:
+            assert "attention_mask" in str(exc) and "document_aware" in str(exc)
+        else:
+            raise AssertionError(f"guard let {bad} through")
+    model.eval()
+    model(input_ids=ids, attention_mask=torch.ones_like(ids))  # evaluation and generation are free
+    handle.remove()
