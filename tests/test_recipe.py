@@ -5,9 +5,9 @@ import math
 
 import pytest
 import yaml
-from conftest import tiny_recipe_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
+from conftest import tiny_recipe_dict
 from llmforge import Recipe, Run
 from llmforge.errors import ConfigError, RunDirError
 

@@ -69,7 +69,8 @@ def read_text_file(path: Path, encoding: str) -> str:
     except OSError as exc:
         raise DataError(f"Cannot read '{path}': {exc.strerror or exc}. Check the path and its permissions.") from exc
     try:
-        return raw.decode(encoding)
+        text = raw.decode(encoding)
+        return text[1:] if text.startswith("\ufeff") else text  # a byte-order mark is not content
     except UnicodeDecodeError as exc:
         raise DataError(
             f"'{path}' is not valid {encoding}: byte {exc.start} ({raw[exc.start : exc.start + 1]!r}). "

@@ -193,7 +193,10 @@ def _describe(hint: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is list:
-        return f"a list of {_describe(args[0])}" if args else "a list"
+        if not args:
+            return "a list"
+        item = _describe(args[0])
+        return "a list of strings" if args[0] is str else f"a list of {item}"
     if origin is dict:
         return "a mapping"
     if hint is type(None):

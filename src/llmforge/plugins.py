@@ -106,6 +106,14 @@ class Plugins:
             self.pm.register(obj, name=name)
         except Exception as exc:
             raise PluginError(f"Plugin '{name}' (package {package}) could not be registered: {exc}") from exc
+        try:
+            self.pm.check_pending()  # a misspelt hook name is an error, not silently ignored
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(
+                f"Plugin '{name}' (package {package}) implements an unknown hook: {exc}. "
+                "Check the function names against llmforge.hookspecs."
+            ) from exc
         self.infos.append(PluginInfo(name, target, package, version))
 
     def _collect(self, kind: str, hook_name: str) -> Registry:

@@ -72,6 +72,10 @@ class Recipe:
             mapping = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"'{path}' is not valid YAML: {exc}") from exc
+        if not isinstance(mapping, dict):
+            raise ConfigError(
+                f"'{path}' must be a YAML mapping with keys {', '.join(TOP_KEYS)}, not a {type(mapping).__name__}."
+            )
         for item in overrides or []:
             apply_override(mapping, item)
         recipe = cls.from_dict(mapping, where=f"'{path}'")
@@ -139,7 +143,9 @@ def apply_override(mapping: dict[str, Any], item: str) -> None:
         raise ConfigError(f"Override '{item}': the value is not valid YAML ({exc}).") from exc
     node = mapping
     for key in keys[:-1]:
-        node = node.setdefault(key, {})
+        if node.get(key) is None:  # 'train:' with nothing under it
+            node[key] = {}
+        node = node[key]
         if not isinstance(node, dict):
             raise ConfigError(f"Override '{item}': '{key}' is not a mapping.")
     node[keys[-1]] = value
@@ -155,6 +161,12 @@ def _resolve_paths(cfg: DataConfig, base: Path) -> DataConfig:
         cfg.path = fix(cfg.path)
     elif isinstance(cfg.path, list):
         cfg.path = [fix(p) for p in cfg.path]
+    if isinstance(cfg.data_files, str):
+        cfg.data_files = fix(cfg.data_files)
+    elif isinstance(cfg.data_files, list):
+        cfg.data_files = [fix(p) for p in cfg.data_files]
+    elif isinstance(cfg.data_files, dict):
+        cfg.data_files = {k: [fix(p) for p in v] if isinstance(v, list) else fix(v) for k, v in cfg.data_files.items()}
     return cfg
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import yaml
+
 from conftest import REPO, tiny_recipe_dict
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import yaml
+
 from conftest import REPO, tiny_recipe_dict
 from test_cli import llmforge
 

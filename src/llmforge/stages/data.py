@@ -13,6 +13,8 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llmforge import rundir
 from llmforge.config import DataConfig
@@ -144,6 +146,7 @@ def blocks(ctx: Context) -> datasets.DatasetDict:
     out = ctx.path("data", "blocks")
     fp = blocks_fingerprint(ctx)
     if not rundir.is_complete(out, fp):
+        ctx.console.print(f"  tokenizing and packing into blocks of {ctx.recipe.model.context_length} tokens")
         _build_blocks(ctx, out, fp)
     dd = datasets.load_from_disk(str(out))
     ctx.cache["blocks"] = dd
@@ -157,73 +160,117 @@ def block_stats(ctx: Context) -> dict[str, Any]:
 
 
 def _build_blocks(ctx: Context, out: Path, fp: str) -> None:
+    """Tokenize each split batch by batch and stream full blocks to Arrow: memory stays bounded."""
     from llmforge.stages.tokenizer import load_tokenizer
 
-    cfg = ctx.recipe.data
     T = ctx.recipe.model.context_length
     tok = load_tokenizer(ctx)
     docs = datasets.load_from_disk(str(ctx.path("data", "documents")))
-    eos = tok.eos_token_id
-    num_proc = cfg.num_proc or _default_num_proc(docs)
-    ctx.console.print(f"  tokenizing and packing into blocks of {T} tokens ({num_proc} process(es))")
-    backend = tok.backend_tokenizer
-
-    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
-        encodings = backend.encode_batch(batch["text"], add_special_tokens=False)
-        return {"input_ids": [e.ids + [eos] for e in encodings]}
-
-    stats: dict[str, Any] = {"context_length": T, "vocab_size": len(tok)}
-    packed = {}
-    counts = {}
-    scratch = out.parent / f".blocks-scratch-{os.getpid()}"  # map's cache files, never inside documents/
-    scratch.mkdir(parents=True, exist_ok=True)
-    for name, ds in docs.items():
-        ids = ds.map(
-            encode,
-            batched=True,
-            batch_size=1000,
-            num_proc=num_proc if num_proc > 1 else None,
-            remove_columns=["text"],
-            cache_file_name=str(scratch / f"{name}.arrow"),
-        )
-        flat = (
-            np.fromiter(
-                (t for row in ids.iter(batch_size=4096) for doc in row["input_ids"] for t in doc), dtype=np.int32
-            )
-            if len(ids)
-            else np.zeros(0, np.int32)
-        )
-        n_blocks = len(flat) // T
-        if n_blocks == 0:
-            raise DataError(
-                f"The {name} split has {len(flat)} tokens, fewer than one block of model.context_length={T}. "
-                "Add data, raise data.val_fraction, or lower model.context_length."
-            )
-        counts[name] = np.bincount(flat, minlength=len(tok))
-        packed[name] = datasets.Dataset.from_dict(
-            {"input_ids": flat[: n_blocks * T].reshape(n_blocks, T)},
-            features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"), length=T)}),
-        )
-        stats[name] = {"tokens": int(len(flat)), "blocks": n_blocks, "dropped_tokens": int(len(flat) - n_blocks * T)}
-        if name == "validation":
-            stats[name]["unigram_perplexity"] = _unigram_perplexity(counts["train"], flat[: n_blocks * T], T)
-    words = sum(
-        s["words"] for s in rundir.read_manifest(ctx.path("data", "documents"))["info"].values() if isinstance(s, dict)
-    )
-    stats["tokens_per_word"] = round((stats["train"]["tokens"] + stats["validation"]["tokens"]) / max(words, 1), 3)
-    with rundir.atomic_dir(out, fp, stats) as tmp:
-        datasets.DatasetDict(packed).save_to_disk(str(tmp))
-    del ids
-    shutil.rmtree(scratch, ignore_errors=True)
     doc_stats = rundir.read_manifest(ctx.path("data", "documents"))["info"]
+    num_proc = ctx.recipe.data.num_proc or _default_num_proc(docs)
+    stats: dict[str, Any] = {"context_length": T, "vocab_size": len(tok)}
+    scratch = out.parent / f".blocks-scratch.tmp-{os.getpid()}"  # map's cache files, never in documents/
+    scratch.mkdir(parents=True, exist_ok=True)
+    train_counts = np.zeros(len(tok), dtype=np.int64)
+    try:
+        with rundir.atomic_dir(out, fp, stats) as tmp, _progress(ctx) as progress:
+            splits = {}
+            for name, ds in docs.items():
+                task = progress.add_task(f"tokenizing {name}", total=len(ds))
+                packer = Packer(T)
+                path = scratch / f"{name}.arrow"
+                schema = pa.schema([("input_ids", pa.list_(pa.int32(), T))])
+                nll, targets = 0.0, 0
+                with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                    for ids, n_docs in token_batches(ds, tok, num_proc, scratch / f"{name}-map.arrow"):
+                        blocks = packer.add(ids, tok.eos_token_id)
+                        if name == "train":
+                            train_counts += np.bincount(np.concatenate(ids), minlength=len(tok))
+                            train_counts[tok.eos_token_id] += len(ids)
+                        elif len(blocks):
+                            nll, targets = _unigram_nll(train_counts, blocks, nll, targets)
+                        if len(blocks):
+                            flat = pa.array(blocks.ravel(), type=pa.int32())
+                            column = pa.FixedSizeListArray.from_arrays(flat, T)
+                            writer.write_batch(pa.record_batch([column], schema=schema))
+                        progress.update(task, advance=n_docs)
+                if packer.blocks == 0:
+                    raise DataError(
+                        f"The {name} split has {packer.tokens} tokens, fewer than one block of "
+                        f"model.context_length={T}. Add data, raise data.val_fraction, or lower model.context_length."
+                    )
+                splits[name] = datasets.Dataset.from_file(str(path))
+                stats[name] = {"tokens": packer.tokens, "blocks": packer.blocks, "dropped_tokens": len(packer.carry)}
+                if name == "validation":
+                    stats[name]["unigram_perplexity"] = float(np.exp(nll / max(targets, 1)))
+            words = sum(s["words"] for s in doc_stats.values() if isinstance(s, dict))
+            tokens = sum(stats[name]["tokens"] for name in docs)
+            stats["tokens_per_word"] = round(tokens / max(words, 1), 3)
+            datasets.DatasetDict(splits).save_to_disk(str(tmp))
+            del splits
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     rundir.write_json(ctx.path("data", "stats.json"), {"documents": doc_stats, "blocks": stats})
 
 
-def _unigram_perplexity(train_counts: np.ndarray, val_tokens: np.ndarray, T: int) -> float:
-    """Perplexity of an add-one unigram model of the training tokens on the positions a model predicts."""
-    probs = (train_counts + 1.0) / (train_counts.sum() + len(train_counts))
-    targets = val_tokens.reshape(-1, T)[:, 1:].ravel()
-    return float(np.exp(-np.log(probs[targets]).mean()))
+class Packer:
+    """Concatenate documents (each followed by EOS) and cut full blocks; the remainder carries over."""
+
+    def __init__(self, T: int) -> None:
+        self.T = T
+        self.carry = np.zeros(0, dtype=np.int32)
+        self.tokens = 0
+        self.blocks = 0
+
+    def add(self, docs: list[np.ndarray], eos: int) -> np.ndarray:
+        parts = [self.carry]
+        for ids in docs:
+            parts += [ids, np.array([eos], dtype=np.int32)]
+        flat = np.concatenate(parts).astype(np.int32, copy=False)
+        self.tokens += len(flat) - len(self.carry)
+        n = len(flat) // self.T
+        self.carry = flat[n * self.T :].copy()
+        self.blocks += n
+        return flat[: n * self.T].reshape(n, self.T)
+
+
+def token_batches(ds: datasets.Dataset, tok: Any, num_proc: int, cache: Path) -> Any:
+    """Yield (token id arrays without EOS, documents in batch): in process, or with `num_proc` workers."""
+    backend = tok.backend_tokenizer
+    if num_proc <= 1:
+        for batch in ds.iter(batch_size=1000):
+            encodings = backend.encode_batch(batch["text"], add_special_tokens=False)
+            yield [np.asarray(e.ids, dtype=np.int32) for e in encodings], len(encodings)
+        return
+
+    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        return {"input_ids": [e.ids for e in backend.encode_batch(batch["text"], add_special_tokens=False)]}
+
+    mapped = ds.map(
+        encode, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=["text"], cache_file_name=str(cache)
+    )
+    for batch in mapped.with_format("numpy").iter(batch_size=1000):
+        ids = [np.asarray(x, dtype=np.int32) for x in batch["input_ids"]]
+        yield ids, len(ids)
+
+
+def _progress(ctx: Context) -> Progress:
+    return Progress(
+        TextColumn("  {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("documents"),
+        TimeRemainingColumn(),
+        console=ctx.console,
+        transient=False,
+    )
+
+
+def _unigram_nll(counts: np.ndarray, blocks: np.ndarray, nll: float, targets: int) -> tuple[float, int]:
+    """Add the negative log-likelihood of an add-one unigram model on the positions a model predicts."""
+    logp = np.log((counts + 1.0) / (counts.sum() + len(counts)))
+    predicted = blocks[:, 1:].ravel()
+    return nll - float(logp[predicted].sum()), targets + len(predicted)
 
 
 def _default_num_proc(docs: datasets.DatasetDict) -> int:

@@ -1,0 +1,99 @@
+"""Kill a real training process with SIGKILL, rerun the same command: same weights, same metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import tiny_recipe_dict
+
+SLOW_PLUGIN = """
+import time
+from llmforge import hookimpl
+
+@hookimpl
+def on_log(stage, metrics):
+    time.sleep(0.15)  # slow each logged step down so the test can kill mid-run
+"""
+
+
+def _start(recipe: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmforge.cli", "run", str(recipe), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _train_rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
+
+
+def test_sigkill_mid_training_then_rerun_is_exact(tmp_path, corpus_file):
+    (tmp_path / "slow_steps.py").write_text(SLOW_PLUGIN)
+    recipe = tiny_recipe_dict(corpus_file, max_steps=12, save_every=3, eval_every=6, keep_last=2)
+    recipe["plugins"] = ["slow_steps"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+
+    reference = tmp_path / "reference"
+    done = _start(path, reference, tmp_path)
+    assert done.wait(timeout=300) == 0, done.stderr.read()
+
+    out = tmp_path / "killed"
+    proc = _start(path, out, tmp_path)
+    marker = out / "train" / "checkpoints" / "checkpoint-6" / ".llmforge.json"
+    deadline = time.time() + 240
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), "checkpoint-6 never completed"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "train" / "final").exists()
+
+    rerun = _start(path, out, tmp_path)
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    assert "resuming from checkpoint-" in stdout
+
+    a = load_file(reference / "train" / "final" / "model.safetensors")
+    b = load_file(out / "train" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+
+    ref_rows, rows = _train_rows(reference), _train_rows(out)
+    assert [r["step"] for r in rows] == list(range(1, 13))  # no repeated or skipped step
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+    assert [r["grad_norm"] for r in rows] == [r["grad_norm"] for r in ref_rows]
+
+
+def test_incomplete_checkpoint_is_never_trusted(tiny_recipe, tmp_path):
+    """A checkpoint cut short by a kill (no manifest) is removed and training resumes from the one before."""
+    out = tmp_path / "run"
+    tiny_recipe.run(out)
+    ckpts = out / "train" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-3", "checkpoint-6"]
+    # simulate a kill during the save of checkpoint-9: files written, manifest never
+    (ckpts / "checkpoint-9").mkdir()
+    (ckpts / "checkpoint-9" / "model.safetensors").write_bytes(b"truncated")
+    tiny_recipe.train.max_steps = 9
+    tiny_recipe.run(out)
+    final = json.loads((out / "train" / "final" / ".llmforge.json").read_text())
+    assert final["info"]["steps"] == 9
+    assert (ckpts / "checkpoint-9" / ".llmforge.json").is_file()  # rewritten, complete this time
+    assert load_file(ckpts / "checkpoint-9" / "model.safetensors")  # a real file, not the truncated one
