@@ -295,7 +295,7 @@ def test_recipe_unknown_top_level_key_suggests():
         Recipe.from_dict({"trian": {"lr": 1e-3}})
     msg = str(info.value)
     assert "Unknown key 'trian' in recipe (did you mean 'train'?)" in msg
-    assert "Valid keys: name, plugins, data, tokenizer, model, train." in msg
+    assert "Valid keys: name, plugins, data, tokenizer, model, train, finetune, evaluate." in msg
 
 
 def test_recipe_stage_key_error_names_stage():

@@ -112,6 +112,64 @@ class TrainConfig:
 T = TypeVar("T")
 
 
+@dataclass
+class LoraConfig:
+    """Low-rank adapters through peft instead of a full fine-tune."""
+
+    r: int = _f(16, "Adapter rank.")
+    alpha: float = _f(32.0, "Adapter scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = _f(0.05, "Dropout on the adapter input.")
+    target_modules: list[str] | None = _f(None, "Modules to adapt; default per architecture (GPT-2: c_attn, c_proj).")
+    merge: bool = _f(True, "Write a merged plain HF model dir; false saves the adapter beside the base reference.")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Instruction fine-tuning: a data source of conversations, a format, a chat template, a loss mask."""
+
+    source: str = _f("jsonl", "Data-source plugin of the instruction data (same sources as data.source).")
+    path: str | list[str] | None = _f(None, "File, directory or glob of the instruction data.")
+    name: str | None = _f(None, "Hub dataset name (source: hub).")
+    config: str | None = _f(None, "Hub dataset configuration name.")
+    split: str = _f("train", "Hub dataset split.")
+    data_files: str | list[str] | dict[str, Any] | None = _f(None, "data_files for datasets.load_dataset.")
+    encoding: str = _f("utf-8", "Text encoding of the files.")
+    options: dict[str, Any] = _f({}, "Extra keyword options passed to the data-source plugin.")
+    max_examples: int | None = _f(None, "Use at most this many examples.")
+    val_fraction: float = _f(0.1, "Share of examples held out for validation.")
+    format: str = _f("alpaca", "Row format plugin: alpaca, dolly, sharegpt, messages, or a plugin's.")
+    chat_template: str = _f("chatml", "Chat template plugin: chatml, minimal, tokenizer, or a plugin's.")
+    loss_mask: str = _f("assistant_only", "Loss mask plugin: all, assistant_only, last_assistant, completion_only.")
+    system_prompt: str | None = _f(None, "System message added to conversations that have none.")
+    max_length: int | None = _f(None, "Longest example in tokens (default: the model's context length).")
+    length_policy: Literal["filter", "truncate", "error"] = _f(
+        "filter", "Examples longer than max_length: drop (counted), truncate, or stop with an error."
+    )
+    packing: bool = _f(False, "Pack short examples into one row, masks and attention kept per example.")
+    neftune_alpha: float | None = _f(None, "NEFTune noise scale on the input embeddings while training.")
+    lora: LoraConfig | None = _f(None, "Train low-rank adapters (peft) instead of every weight.")
+    base: str | None = _f(None, "Model dir to fine-tune (default: this run's train/final).")
+    epochs: float = _f(3.0, "Passes over the training examples (ignored when max_steps is set).")
+    lr: float = _f(1e-4, "Peak learning rate.")
+    warmup: float = _f(0.03, "Warmup: a fraction of the steps if below 1, else a number of steps.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+
+
+@dataclass
+class EvaluateConfig:
+    """Perplexity on the held-out blocks and lm-eval benchmarks on the finished model."""
+
+    perplexity: bool = _f(True, "Loss and perplexity on the validation blocks, prepared like the training data.")
+    benchmarks: list[str] = _f([], "Benchmark plugins to run through lm-eval, e.g. [mmlu, hellaswag].")
+    data_dir: str | None = _f(None, "Local benchmark files (one sub-directory per benchmark) for offline runs.")
+    limit: int | None = _f(None, "Evaluate at most this many examples per task.")
+    num_fewshot: int | None = _f(None, "Few-shot examples per prompt (default: each task's own).")
+    batch_size: int = _f(8, "Batch size for lm-eval and perplexity.")
+    model: Literal["latest", "train", "finetune"] = _f(
+        "latest", "Which model to evaluate: the fine-tuned one if there is one (latest), or a named stage's."
+    )
+
+
 def from_mapping(cls: type[T], mapping: Any, where: str) -> T:
     """Build `cls` from a mapping, naming `where.key` in every error."""
     if mapping is None:
@@ -134,22 +192,28 @@ def from_mapping(cls: type[T], mapping: Any, where: str) -> T:
 
 def check_type(value: Any, hint: Any, key: str) -> Any:
     """Return `value` (coerced where harmless: int -> float, '6e-4' -> 6e-4) or raise naming `key`."""
-    ok, coerced = _match(value, hint)
+    ok, coerced = _match(value, hint, key)
     if not ok:
         raise ConfigError(f"'{key}' must be {_describe(hint)}, got {value!r} ({type(value).__name__}).")
     return coerced
 
 
-def _match(value: Any, hint: Any) -> tuple[bool, Any]:
+def _match(value: Any, hint: Any, key: str) -> tuple[bool, Any]:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
         return True, value
+    if dataclasses.is_dataclass(hint):  # a nested block, e.g. finetune.lora
+        if isinstance(value, hint):
+            return True, value
+        if isinstance(value, dict):
+            return True, from_mapping(hint, value, key)
+        return False, value
     if hint is type(None):
         return value is None, value
     if origin in (Union, types.UnionType):
         for arg in args:
-            ok, coerced = _match(value, arg)
+            ok, coerced = _match(value, arg, key)
             if ok:
                 return True, coerced
         return False, value
@@ -160,7 +224,7 @@ def _match(value: Any, hint: Any) -> tuple[bool, Any]:
             return False, value
         out = []
         for item in value:
-            ok, coerced = _match(item, args[0] if args else Any)
+            ok, coerced = _match(item, args[0] if args else Any, key)
             if not ok:
                 return False, value
             out.append(coerced)
@@ -201,6 +265,8 @@ def _describe(hint: Any) -> str:
         return "a mapping"
     if hint is type(None):
         return "null"
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping ({', '.join(f.name for f in dataclasses.fields(hint))})"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         hint, getattr(hint, "__name__", str(hint))
     )

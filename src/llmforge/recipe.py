@@ -20,13 +20,29 @@ from rich.console import Console
 from rich.table import Table
 
 from llmforge import rundir
-from llmforge.config import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, check_type, from_mapping
+from llmforge.config import (
+    DataConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+    check_type,
+    from_mapping,
+)
 from llmforge.context import Context
 from llmforge.errors import ConfigError, RunDirError, did_you_mean
 from llmforge.plugins import get_plugins
 
-STAGE_CONFIGS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig}
-STAGE_DIRS = {"data": "data/documents", "tokenizer": "tokenizer", "model": "model", "train": "train/final"}
+STAGE_CONFIGS = {
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "finetune": FinetuneConfig,
+    "evaluate": EvaluateConfig,
+}
+OPTIONAL_STAGES = ("finetune", "evaluate")  # absent from a recipe: not run
 TOP_KEYS = ["name", "plugins", *STAGE_CONFIGS]
 
 
@@ -39,6 +55,8 @@ class Recipe:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig | None = None
+    evaluate: EvaluateConfig | None = None
     plugins: list[str] = field(default_factory=list)
 
     @classmethod
@@ -52,7 +70,9 @@ class Recipe:
                     f"Valid keys: {', '.join(TOP_KEYS)}."
                 )
         kwargs: dict[str, Any] = {
-            stage: from_mapping(cfg_cls, mapping.get(stage), stage) for stage, cfg_cls in STAGE_CONFIGS.items()
+            stage: from_mapping(cfg_cls, mapping.get(stage), stage)
+            for stage, cfg_cls in STAGE_CONFIGS.items()
+            if stage not in OPTIONAL_STAGES or mapping.get(stage) is not None
         }
         kwargs["name"] = check_type(mapping.get("name", "llmforge-run"), str, "name")
         kwargs["plugins"] = check_type(mapping.get("plugins") or [], list[str], "plugins")
@@ -108,8 +128,10 @@ class Recipe:
             rundir.write_text(out / "recipe.yaml", self.to_yaml())
             summary = []
             for name, stage in STAGES.items():
+                if not stage.enabled(self):
+                    continue
                 ctx.fingerprints[name] = stage.fingerprint(ctx)
-                artefact = out / STAGE_DIRS[name]
+                artefact = out / stage.ARTEFACT
                 rundir.clean_stale(artefact.parent)
                 up_to_date = rundir.is_complete(artefact, ctx.fingerprints[name])
                 if up_to_date and only != name:
@@ -190,34 +212,17 @@ def check_run_dir(out: Path, recipe: Recipe) -> None:
 
 
 def print_summary(console: Console, summary: list[tuple[str, str, float | None]], outputs: dict[str, Any]) -> None:
+    from llmforge.stages import STAGES
+
     table = Table(title="llmforge run", show_header=True)
     table.add_column("stage")
     table.add_column("status")
     table.add_column("time", justify="right")
     table.add_column("result")
     for name, status, seconds in summary:
-        table.add_row(
-            name, status, f"{seconds:.1f}s" if seconds is not None else "-", _describe(name, outputs.get(name, {}))
-        )
+        took = f"{seconds:.1f}s" if seconds is not None else "-"
+        table.add_row(name, status, took, STAGES[name].describe(outputs.get(name, {})))
     console.print(table)
-
-
-def _describe(stage: str, out: dict[str, Any]) -> str:
-    if stage == "data" and "train" in out:
-        return f"{out['train']['documents']:,} train / {out['validation']['documents']:,} val documents"
-    if stage == "tokenizer":
-        return f"vocab {out.get('vocab_size', '?'):,}"
-    if stage == "model" and "parameters" in out:
-        return f"{out['arch']} {out['parameters'] / 1e6:.2f}M params, {out['tokens_per_parameter']:.2f} tokens/param"
-    if stage == "train" and "val_loss" in out:
-        tps = out.get("tokens_per_second")
-        return (
-            f"val loss {out['val_loss']:.3f}, perplexity {out['val_perplexity']:.1f} "
-            f"(unigram {out['unigram_perplexity']:.1f}); {tps:,.0f} tok/s"
-            if tps
-            else ""
-        )
-    return ""
 
 
 class Run:

@@ -1,4 +1,9 @@
-"""The stages of a recipe, in the order they run. Each module has `fingerprint(ctx)` and `run(ctx)`."""
+"""The stages of a recipe, in the order they run.
+
+Each stage module has: `ARTEFACT` (its output dir in the run dir, complete only with a manifest),
+`enabled(recipe)`, `fingerprint(ctx)` (its config and its inputs' fingerprints), `run(ctx) -> dict`
+and `describe(outputs) -> str` (its line in the summary table).
+"""
 
 from llmforge.stages import data, model, tokenizer, train
 

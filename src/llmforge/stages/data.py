@@ -21,6 +21,18 @@ from llmforge.config import DataConfig
 from llmforge.context import Context
 from llmforge.errors import ConfigError, DataError
 
+ARTEFACT = "data/documents"
+
+
+def enabled(recipe: Any) -> bool:
+    return True
+
+
+def describe(out: dict[str, Any]) -> str:
+    if "train" not in out:
+        return ""
+    return f"{out['train']['documents']:,} train / {out['validation']['documents']:,} val documents"
+
 
 def fingerprint(ctx: Context) -> str:
     cfg: DataConfig = ctx.recipe.data

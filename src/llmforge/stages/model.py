@@ -21,6 +21,17 @@ from llmforge.stages import data
 from llmforge.stages.tokenizer import load_tokenizer
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
+ARTEFACT = "model"
+
+
+def enabled(recipe: Any) -> bool:
+    return True
+
+
+def describe(out: dict[str, Any]) -> str:
+    if "parameters" not in out:
+        return ""
+    return f"{out['arch']} {out['parameters'] / 1e6:.2f}M params, {out['tokens_per_parameter']:.2f} tokens/param"
 
 
 def fingerprint(ctx: Context) -> str:

@@ -18,6 +18,15 @@ from llmforge.context import Context
 from llmforge.errors import ConfigError
 
 BYTE_ALPHABET = 256
+ARTEFACT = "tokenizer"
+
+
+def enabled(recipe: Any) -> bool:
+    return True
+
+
+def describe(out: dict[str, Any]) -> str:
+    return f"vocab {out['vocab_size']:,}" if "vocab_size" in out else ""
 
 
 def fingerprint(ctx: Context) -> str:

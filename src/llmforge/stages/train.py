@@ -26,6 +26,22 @@ from llmforge.packing import DocumentMaskGuard, PackedCollator
 from llmforge.stages import data
 from llmforge.stages.tokenizer import load_tokenizer
 
+ARTEFACT = "train/final"
+
+
+def enabled(recipe: Any) -> bool:
+    return True
+
+
+def describe(out: dict[str, Any]) -> str:
+    if "val_loss" not in out:
+        return ""
+    tps = out.get("tokens_per_second")
+    return (
+        f"val loss {out['val_loss']:.3f}, perplexity {out['val_perplexity']:.1f} "
+        f"(unigram {out['unigram_perplexity']:.1f})" + (f"; {tps:,.0f} tok/s" if tps else "")
+    )
+
 
 def fingerprint(ctx: Context) -> str:
     return rundir.fingerprint("train", vars(ctx.recipe.train), compat_fingerprint(ctx))
