@@ -11,6 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["COLUMNS"] = "200"  # rich wraps at 80 columns otherwise, splitting messages tests look for
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,10 +8,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import tiny_recipe_dict
 from rich.console import Console
 from transformers import AutoTokenizer
 
+from conftest import tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.config import DataConfig
 from llmforge.context import Context
@@ -242,7 +242,7 @@ def test_max_documents_caps_the_documents_in_file_order(tmp_path):
 # --- val_fraction ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fraction", [0, 0.0, 1, 1.0, -0.1, 1.5])
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_val_fraction_outside_zero_one_is_a_config_error(corpus_file, tmp_path, fraction):
     recipe = recipe_for(corpus_file)
     recipe.data.val_fraction = float(fraction)
@@ -279,6 +279,10 @@ def test_val_fraction_too_small_for_validation_says_to_raise_it(tmp_path, corpus
     with pytest.raises((ConfigError, DataError), match=r"(?i)raise data\.val_fraction"):
         recipe.run(tmp_path / "run", console=quiet())
     assert not (tmp_path / "run" / "train" / "final").exists()
+    # the blocks being built when it stopped are not left behind, nor their scratch files
+    assert not (tmp_path / "run" / "data" / "blocks").exists()
+    assert leftovers(tmp_path / "run" / "data") == []
+    assert (tmp_path / "run" / "data" / "documents" / ".llmforge.json").is_file()
 
 
 # --- other sources ---------------------------------------------------------------------------------

@@ -9,12 +9,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from llmforge import rundir
+from llmforge.errors import TrainingError
 from llmforge.plugins import Plugins
+from llmforge.trainer import NAN_ADVICE
 
 
 def checkpoints(directory: Path) -> list[Path]:
@@ -57,6 +60,7 @@ class LlmforgeCallback(TrainerCallback):
         tokens_per_step: int,
         compat: str,
         keep_last: int,
+        divergence_factor: float | None = None,
     ) -> None:
         self.stage = stage
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -70,6 +74,8 @@ class LlmforgeCallback(TrainerCallback):
         self.last: tuple[int, float] = (0, time.perf_counter())
         self.start: tuple[int, float] = (0, time.perf_counter())
         self.latest: dict[str, Any] = {}
+        self.divergence_factor = divergence_factor
+        self.best_loss = math.inf
 
     # progress ------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
@@ -119,6 +125,7 @@ class LlmforgeCallback(TrainerCallback):
         for key, value in logs.items():
             row[key] = value
         if "loss" in logs:
+            self.check_divergence(logs["loss"], state)
             steps, elapsed = state.global_step - self.last[0], now - self.last[1]
             if steps > 0 and elapsed > 0:
                 row["tokens_per_second"] = round(steps * self.tokens_per_step / elapsed, 1)
@@ -147,6 +154,18 @@ class LlmforgeCallback(TrainerCallback):
                 f"{row.get('tokens_per_second', 0):,.0f} tok/s"
             )
 
+    def check_divergence(self, loss: float, state: TrainerState) -> None:
+        if not math.isfinite(loss):
+            raise TrainingError(f"The {self.stage} loss is {loss} at step {state.global_step}. {NAN_ADVICE}")
+        if self.divergence_factor and math.isfinite(self.best_loss) and loss > self.divergence_factor * self.best_loss:
+            raise TrainingError(
+                f"The {self.stage} loss diverged: {loss:.4g} at step {state.global_step}, more than "
+                f"{self.divergence_factor}x its lowest logged value {self.best_loss:.4g}. {NAN_ADVICE} The last "
+                "complete checkpoint is kept."
+            )
+        if loss > 0:  # a skipped batch logs 0
+            self.best_loss = min(self.best_loss, loss)
+
     # checkpoints ---------------------------------------------------------------------------------
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         """Trainer has written checkpoint-N: mark it complete, then rotate old complete ones."""
@@ -156,7 +175,14 @@ class LlmforgeCallback(TrainerCallback):
         path = out / f"checkpoint-{state.global_step}"
         if not path.is_dir():
             return
-        rundir.write_manifest(path, self.compat, {"step": state.global_step})
+        model = kw.get("model")
+        if model is not None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            shutil.rmtree(path, ignore_errors=True)
+            raise TrainingError(
+                f"The {self.stage} weights hold NaN/inf at step {state.global_step}; that checkpoint was discarded "
+                f"and the last complete one kept. {NAN_ADVICE}"
+            )
+        rundir.write_manifest(path, self.compat, {"step": state.global_step, "tokens_per_step": self.tokens_per_step})
         keep = {path}
         if state.best_model_checkpoint:
             keep.add(Path(state.best_model_checkpoint))

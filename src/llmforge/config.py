@@ -106,6 +106,16 @@ class TrainConfig:
     torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long runs).")
     document_aware: bool = _f(True, "Packed documents do not attend to each other.")
     report_to: list[str] = _f(["none"], "Trainer integrations: tensorboard, wandb, mlflow or none.")
+    on_nan: Literal["stop", "skip_batch"] = _f(
+        "stop", "A NaN/inf loss stops the run (last complete checkpoint kept), or skips the batch."
+    )
+    max_skipped_batches: int = _f(10, "With on_nan: skip_batch, stop after this many skipped batches.")
+    divergence_factor: float | None = _f(
+        5.0, "Stop when a logged loss exceeds this multiple of the lowest logged loss (null: never)."
+    )
+    auto_batch_size: bool = _f(
+        False, "On out-of-memory, halve batch_size and double grad_accum (same effective batch) and retry."
+    )
     dataloader_workers: int = _f(0, "DataLoader worker processes.")
 
 

@@ -55,6 +55,11 @@ def generate(
             "attention_mask": torch.ones(1, 1, dtype=torch.long),
         }
     positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if positions and enc["input_ids"].shape[1] > positions:
+        raise ConfigError(
+            f"The prompt has {enc['input_ids'].shape[1]} tokens but the model has only {positions} positions. "
+            "Shorten the prompt."
+        )
     if positions and enc["input_ids"].shape[1] + max_new_tokens > positions:
         max_new_tokens = max(1, positions - enc["input_ids"].shape[1])
     kwargs: dict[str, Any] = {

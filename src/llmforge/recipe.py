@@ -149,6 +149,8 @@ class Recipe:
                 ctx.outputs[name] = stage.run(ctx)
                 summary.append((name, "ran", time.perf_counter() - started))
                 plugins.call("on_stage_end", stage=name, run_dir=out, outputs=ctx.outputs[name])
+                if only == name:
+                    break
         run = Run(out)
         print_summary(console, summary, ctx.outputs)
         return run

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -39,6 +40,11 @@ def fingerprint(ctx: Context) -> str:
     inputs: Any = None
     if cfg.path:
         inputs = _input_stats(cfg)
+    elif cfg.data_files:  # a hub builder over local files: editing them reruns the stage
+        files = [cfg.data_files] if isinstance(cfg.data_files, str) else cfg.data_files
+        if isinstance(files, dict):
+            files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+        inputs = rundir.file_stats([Path(f) for f in files if Path(f).is_file()])
     return rundir.fingerprint("data", vars(cfg), inputs)
 
 
@@ -47,12 +53,13 @@ def run(ctx: Context) -> dict[str, Any]:
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}.")
     docs = read_documents(cfg, ctx)
-    split = docs.train_test_split(test_size=cfg.val_fraction, seed=cfg.seed, shuffle=True)
-    if len(split["test"]) == 0 or len(split["train"]) == 0:
+    n_val = math.ceil(cfg.val_fraction * len(docs))  # datasets rounds the held-out share up
+    if n_val >= len(docs):
         raise ConfigError(
-            f"data.val_fraction {cfg.val_fraction} of {len(docs)} documents leaves an empty split. "
-            "Raise data.val_fraction, add data, or split files into paragraphs (data.documents: paragraph)."
+            f"data.val_fraction {cfg.val_fraction} of {len(docs)} documents leaves no training document. "
+            "Lower data.val_fraction, add data, or split files into paragraphs (data.documents: paragraph)."
         )
+    split = docs.train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
     splits = datasets.DatasetDict(train=split["train"], validation=split["test"])
     stats = {name: _text_stats(ds) for name, ds in splits.items()}
     stats["empty_documents_dropped"] = ctx.cache.pop("empty_documents", 0)

@@ -6,6 +6,7 @@ the pad token is never silently an existing real token.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -65,7 +66,7 @@ def train_tokenizer(ctx: Context) -> PreTrainedTokenizerFast:
     if cfg.vocab_size <= minimum:
         raise ConfigError(
             f"tokenizer.vocab_size {cfg.vocab_size} leaves no room for merges: the 256 byte symbols and "
-            f"{len(specials)} special tokens need {minimum}. Use a vocab_size of at least {minimum + 256}."
+            f"{len(specials)} special tokens need {minimum}. Use a vocab_size above {minimum} (thousands is typical)."
         )
     docs = datasets.load_from_disk(str(ctx.path("data", "documents")))["train"]
     if cfg.max_documents is not None:
@@ -99,6 +100,12 @@ def train_tokenizer(ctx: Context) -> PreTrainedTokenizerFast:
 def load_pretrained(cfg: TokenizerConfig) -> PreTrainedTokenizerBase:
     if not cfg.path:
         raise ConfigError("tokenizer.train is false but tokenizer.path is empty: name a tokenizer dir or hub name.")
+    local = Path(cfg.path).expanduser()
+    if (local.is_absolute() or cfg.path.startswith((".", "~"))) and not local.exists():
+        raise ConfigError(
+            f"tokenizer.path '{cfg.path}' does not exist. Point it at a tokenizer dir (e.g. a previous run's "
+            "tokenizer/) or a hub name."
+        )
     try:
         tok = AutoTokenizer.from_pretrained(cfg.path)
     except (OSError, ValueError) as exc:

@@ -7,6 +7,8 @@ complete one, metrics.jsonl and the progress display (llmforge.callbacks).
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import math
 import shutil
 import time
@@ -25,6 +27,7 @@ from llmforge.errors import ConfigError, RunDirError, TrainingError
 from llmforge.packing import DocumentMaskGuard, PackedCollator
 from llmforge.stages import data
 from llmforge.stages.tokenizer import load_tokenizer
+from llmforge.trainer import LlmforgeTrainer
 
 ARTEFACT = "train/final"
 
@@ -57,6 +60,33 @@ def run(ctx: Context) -> dict[str, Any]:
     validate(cfg)
     tok = load_tokenizer(ctx)
     blocks = data.blocks(ctx)
+    attempt = cfg
+    while True:
+        try:
+            outputs = fit(ctx, attempt, tok, blocks)
+            break
+        except torch.OutOfMemoryError as exc:
+            if not cfg.auto_batch_size or attempt.batch_size == 1:
+                raise TrainingError(
+                    f"Out of memory with train.batch_size {attempt.batch_size}. Lower train.batch_size and raise "
+                    "train.grad_accum by the same factor (the effective batch stays), or lower "
+                    "model.context_length; train.auto_batch_size: true does the halving for you."
+                ) from exc
+            attempt = dataclasses.replace(
+                attempt, batch_size=attempt.batch_size // 2, grad_accum=attempt.grad_accum * 2
+            )
+            ctx.console.print(
+                f"  out of memory: retrying from the last complete checkpoint with batch_size {attempt.batch_size} "
+                f"x grad_accum {attempt.grad_accum} (same effective batch)"
+            )
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return outputs
+
+
+def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]:
+    """One attempt at training: build the Trainer, resume if a checkpoint fits, train, save."""
     ckpt_dir = ctx.path("train", "checkpoints")
     resume = resume_point(ckpt_dir, compat_fingerprint(ctx), ctx)
     model = AutoModelForCausalLM.from_pretrained(
@@ -71,12 +101,19 @@ def run(ctx: Context) -> dict[str, Any]:
     steps = planned_steps(cfg, len(blocks["train"]), world)
     args = training_arguments(cfg, ckpt_dir, steps)
     callback = LlmforgeCallback(
-        "train", ctx.run_dir, ctx.plugins, ctx.console, tokens_per_step, compat_fingerprint(ctx), cfg.keep_last
+        "train",
+        ctx.run_dir,
+        ctx.plugins,
+        ctx.console,
+        tokens_per_step,
+        compat_fingerprint(ctx),
+        cfg.keep_last,
+        divergence_factor=cfg.divergence_factor,
     )
     callbacks: list[Any] = [callback]
     if cfg.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping))
-    trainer = Trainer(
+    trainer = LlmforgeTrainer(
         model=model,
         args=args,
         train_dataset=blocks["train"].with_format("torch"),
@@ -84,23 +121,21 @@ def run(ctx: Context) -> dict[str, Any]:
         data_collator=PackedCollator(tok.eos_token_id, cfg.document_aware),
         processing_class=tok,
         callbacks=callbacks,
+        on_nan=cfg.on_nan,
+        max_skipped_batches=cfg.max_skipped_batches,
+        stage="train",
     )
     trainer.remove_callback(PrinterCallback)  # LlmforgeCallback shows progress and logs
     truncate_metrics(ctx.path("metrics.jsonl"), "train", resume[1] if resume else 0)
     if resume:
         ctx.console.print(f"  resuming from {resume[0].name} (step {resume[1]})")
+        log_batch_change(ctx, resume[0], tokens_per_step)
     ctx.console.print(
         f"  {steps} steps of {tokens_per_step:,} tokens ({cfg.batch_size} x {cfg.grad_accum} "
         f"x {T}{f' x {world} processes' if world > 1 else ''})"
     )
     started = time.perf_counter()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
-    except torch.OutOfMemoryError as exc:
-        raise TrainingError(
-            "Out of memory. Lower train.batch_size and raise train.grad_accum by the same factor (the "
-            "effective batch stays), or lower model.context_length."
-        ) from exc
+    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     wall = time.perf_counter() - started
     if guard is not None:
         guard.remove()
@@ -112,12 +147,23 @@ def run(ctx: Context) -> dict[str, Any]:
         "val_loss": evaluation["eval_loss"],
         "val_perplexity": math.exp(min(evaluation["eval_loss"], 50)),
         "unigram_perplexity": data.block_stats(ctx)["validation"]["unigram_perplexity"],
+        "skipped_batches": trainer.skipped_batches,
         "tokens_per_second": round(done_steps * tokens_per_step / wall, 1) if wall > 0 else None,
         "train_seconds": round(wall, 1),
     }
     if args.should_save:
         save_final(trainer, tok, ctx.path("train", "final"), ctx.fingerprints["train"], outputs)
     return outputs
+
+
+def log_batch_change(ctx: Context, checkpoint: Path, tokens_per_step: int) -> None:
+    """Resuming with another effective batch is allowed (the seed tutorial did it) and said aloud."""
+    before = (rundir.read_manifest(checkpoint) or {}).get("info", {}).get("tokens_per_step")
+    if before is not None and before != tokens_per_step:
+        ctx.console.print(
+            f"  note: the effective batch changed since {checkpoint.name}: {before:,} -> {tokens_per_step:,} "
+            "tokens per optimizer step"
+        )
 
 
 def last_evaluation(trainer: Trainer) -> dict[str, float] | None:
@@ -208,6 +254,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int) -> Traini
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         use_cache=False,
+        logging_nan_inf_filter=False,  # a NaN must show, not be averaged away
         **precision_flags(cfg.precision),
     )
 
