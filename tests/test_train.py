@@ -26,8 +26,8 @@ NAN_PLUGIN = """
             if module.training:
                 calls.append(1)
                 if len(calls) in BAD_CALLS:
-                    return output * float("nan")
-        model.get_output_embeddings().register_forward_hook(poison)
+                    output.last_hidden_state.mul_(float("nan"))
+        model.base_model.register_forward_hook(poison)
 """
 
 OOM_PLUGIN = """
@@ -39,7 +39,7 @@ OOM_PLUGIN = """
         def refuse_big_batches(module, args, kwargs):
             if module.training and kwargs["input_ids"].shape[0] > 2:
                 raise torch.OutOfMemoryError("simulated: CPU ran out of memory")
-        model.register_forward_pre_hook(refuse_big_batches, with_kwargs=True)
+        model.base_model.register_forward_pre_hook(refuse_big_batches, with_kwargs=True)
 """
 
 
@@ -171,3 +171,15 @@ def test_early_stopping_needs_eval_every(tmp_path, corpus_file):
     recipe = _recipe(corpus_file, early_stopping=2, eval_every=None)
     with pytest.raises(ConfigError, match="early_stopping needs train.eval_every"):
         recipe.run(tmp_path / "run")
+
+
+def test_fused_loss_trains_like_the_models_own_loss(tmp_path, corpus_file):
+    logs = []
+    for fused in (True, False):
+        recipe = _recipe(corpus_file, max_steps=4, eval_every=None, save_every=None, fused_loss=fused)
+        recipe.run(tmp_path / f"run-{fused}")
+        rows = [json.loads(r) for r in (tmp_path / f"run-{fused}" / "metrics.jsonl").read_text().splitlines()]
+        logs.append([(r["loss"], r["grad_norm"]) for r in rows if "loss" in r])
+    for (loss_a, norm_a), (loss_b, norm_b) in zip(*logs, strict=True):
+        assert loss_a == pytest.approx(loss_b, rel=1e-5)
+        assert norm_a == pytest.approx(norm_b, rel=1e-4)

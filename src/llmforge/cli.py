@@ -23,13 +23,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_generate(args: argparse.Namespace, console: Console) -> None:
-    from llmforge.generate import generate, load
+    from llmforge.generate import chat, generate, load
 
     model, tok = load(args.model_dir)
-    text = generate(
-        model,
-        tok,
-        args.prompt,
+    sampling = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -38,8 +35,25 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> None:
         greedy=args.greedy,
         seed=args.seed,
     )
+    if args.chat:
+        reply = chat(model, tok, args.prompt, system=args.system, **sampling)
+        console.print(reply.text, markup=False, highlight=False)
+        if not reply.stopped:
+            Console(stderr=True).print(
+                f"[dim](no end-of-turn token within --max-new-tokens {args.max_new_tokens}; the reply is cut)[/]"
+            )
+        return
+    text = generate(model, tok, args.prompt, **sampling)
     console.print(args.prompt, style="bold", end="")
     console.print(text, markup=False, highlight=False)
+
+
+def cmd_show_example(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.recipe import Recipe
+    from llmforge.stages.finetune import show_example
+
+    recipe = Recipe.from_yaml(args.recipe, overrides=args.set)
+    show_example(recipe, args.index, console, run_dir=args.out)
 
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> None:
@@ -53,6 +67,39 @@ def cmd_plugins(args: argparse.Namespace, console: Console) -> None:
         registers = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in info.registered.items())
         table.add_row(info.name, info.package, info.version, info.module, registers or "hooks only")
     console.print(table)
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> None:
+    from pathlib import Path
+
+    import datasets
+    import transformers
+
+    from llmforge.evaluate import evaluate, rich_table, write_results
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    out = Path(args.out)
+    results = []
+    for model_dir in args.model_dirs:
+        console.print(f"[bold]{model_dir}")
+        results.append(
+            evaluate(
+                model_dir,
+                tasks=tasks,
+                data_dir=args.data_dir,
+                limit=args.limit,
+                num_fewshot=args.num_fewshot,
+                batch_size=args.batch_size,
+                text=args.text,
+                workdir=out / "tasks",
+                console=console,
+            )
+        )
+    console.print(rich_table(results))
+    write_results(out, results, out / "tasks")
+    console.print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,10 +129,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.1)
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chat", action="store_true", help="answer PROMPT as a user turn with the saved chat template")
+    p.add_argument("--system", help="with --chat: a system message before the user turn")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("show-example", help="print one fine-tuning example with its loss-carrying tokens highlighted")
+    p.add_argument("recipe", help="recipe YAML file with a finetune block")
+    p.add_argument("--index", type=int, default=0, help="row of the finetune data, from 0 (default 0)")
+    p.add_argument("--out", help="run dir whose train/final is the base (when finetune.base is not set)")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a recipe value")
+    p.set_defaults(func=cmd_show_example)
 
     p = sub.add_parser("plugins", help="list installed plugins and what they register")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("eval", help="benchmarks (lm-eval) and perplexity of model dirs, in one table")
+    p.add_argument("model_dirs", nargs="+", metavar="DIR", help="HF model dirs or llmforge run dirs (two: compared)")
+    p.add_argument(
+        "--tasks", default="mmlu,hellaswag", metavar="NAMES", help="benchmarks, comma-separated (default: %(default)s)"
+    )
+    p.add_argument("--data-dir", metavar="D", help="local benchmark files, one folder per benchmark (for offline use)")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N examples per task (quick checks)")
+    p.add_argument("--num-fewshot", type=int, metavar="K", help="few-shot examples (default: the task's own)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="default: %(default)s")
+    p.add_argument("--text", metavar="FILE", help="also report the perplexity of this UTF-8 text file")
+    p.add_argument(
+        "--out", default="eval-results", metavar="OUTDIR", help="for results.json, results.md (default: %(default)s)"
+    )
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

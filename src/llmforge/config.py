@@ -28,7 +28,9 @@ class DataConfig:
 
     source: str = _f("text", "Data-source plugin name: text, jsonl, json, parquet, csv, hub, or a plugin's.")
     path: str | list[str] | None = _f(None, "File, directory or glob (or a list of them) for file sources.")
-    text_column: str = _f("text", "Column (or JSON field) that holds each document's text.")
+    text_column: str | None = _f(
+        "text", "Column (or JSON field) that holds each document's text; null keeps every column of each row."
+    )
     documents: Literal["file", "paragraph", "line"] = _f(
         "file", "For plain text files: one document per file, per blank-line paragraph, or per line."
     )
@@ -105,6 +107,9 @@ class TrainConfig:
     seed: int = _f(1234, "Seed for initialisation, data order and dropout.")
     torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long runs).")
     document_aware: bool = _f(True, "Packed documents do not attend to each other.")
+    fused_loss: bool = _f(
+        True, "Compute the loss in chunks without materialising the logits (GPT-2 and Llama-style families)."
+    )
     report_to: list[str] = _f(["none"], "Trainer integrations: tensorboard, wandb, mlflow or none.")
     on_nan: Literal["stop", "skip_batch"] = _f(
         "stop", "A NaN/inf loss stops the run (last complete checkpoint kept), or skips the batch."
@@ -129,8 +134,14 @@ class LoraConfig:
     r: int = _f(16, "Adapter rank.")
     alpha: float = _f(32.0, "Adapter scaling numerator (the update is scaled by alpha / r).")
     dropout: float = _f(0.05, "Dropout on the adapter input.")
-    target_modules: list[str] | None = _f(None, "Modules to adapt; default per architecture (GPT-2: c_attn, c_proj).")
-    merge: bool = _f(True, "Write a merged plain HF model dir; false saves the adapter beside the base reference.")
+    target_modules: list[str] | None = _f(
+        None,
+        "Modules to adapt (name or dotted suffix); default per architecture (GPT-2: c_attn, c_proj; "
+        "Llama: q_proj, k_proj, v_proj, o_proj).",
+    )
+    merge: bool = _f(
+        True, "Write a merged plain HF model dir; false saves only the adapter, which names its base model dir."
+    )
 
 
 @dataclass
@@ -149,16 +160,29 @@ class FinetuneConfig(TrainConfig):
     val_fraction: float = _f(0.1, "Share of examples held out for validation.")
     format: str = _f("alpaca", "Row format plugin: alpaca, dolly, sharegpt, messages, or a plugin's.")
     chat_template: str = _f("chatml", "Chat template plugin: chatml, minimal, tokenizer, or a plugin's.")
-    loss_mask: str = _f("assistant_only", "Loss mask plugin: all, assistant_only, last_assistant, completion_only.")
+    loss_mask: str = _f(
+        "assistant_only",
+        "Loss mask plugin: all, assistant_only (every assistant turn with its end-of-turn token), last_assistant, "
+        "completion_only (everything after the prompt of a one-answer example), or a plugin's.",
+    )
     system_prompt: str | None = _f(None, "System message added to conversations that have none.")
     max_length: int | None = _f(None, "Longest example in tokens (default: the model's context length).")
     length_policy: Literal["filter", "truncate", "error"] = _f(
         "filter", "Examples longer than max_length: drop (counted), truncate, or stop with an error."
     )
-    packing: bool = _f(False, "Pack short examples into one row, masks and attention kept per example.")
-    neftune_alpha: float | None = _f(None, "NEFTune noise scale on the input embeddings while training.")
+    packing: bool = _f(
+        False, "Pack short examples into rows of max_length; loss masks, positions and attention stay per example."
+    )
+    neftune_alpha: float | None = _f(
+        None, "NEFTune: uniform noise * alpha / sqrt(example length * width) on the input embeddings, training only."
+    )
     lora: LoraConfig | None = _f(None, "Train low-rank adapters (peft) instead of every weight.")
-    base: str | None = _f(None, "Model dir to fine-tune (default: this run's train/final).")
+    base: str | None = _f(
+        None,
+        "Model dir (any local HF causal LM) to fine-tune; default: this run's train/final. "
+        "A recipe with only a finetune block needs it.",
+    )
+    batch_size: int = _f(8, "Examples (or packed rows) per device per micro-batch.")
     epochs: float = _f(3.0, "Passes over the training examples (ignored when max_steps is set).")
     lr: float = _f(1e-4, "Peak learning rate.")
     warmup: float = _f(0.03, "Warmup: a fraction of the steps if below 1, else a number of steps.")

@@ -1,10 +1,12 @@
-"""Text generation from a finished model dir: greedy or sampled, from Python and the CLI.
+"""Text generation from a finished model dir: greedy or sampled, plain or chat, from Python and the CLI.
 
-Sampling is the default: greedy decoding makes small models repeat themselves.
+Sampling is the default: greedy decoding makes small models repeat themselves. `chat` renders the
+saved chat template with a generation prompt and stops at the model's end-of-turn token.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,16 @@ from llmforge.errors import ConfigError
 
 
 def load(model_dir: str | Path) -> tuple[Any, Any]:
+    """A model dir (or a LoRA adapter dir, loaded onto its base) and its tokenizer, in eval mode."""
+    from llmforge.lora import is_adapter_dir, load_adapter_model
+
     path = Path(model_dir)
-    if not (path / "config.json").is_file():
+    adapter = is_adapter_dir(path)
+    if not (path / "config.json").is_file() and not adapter:
         raise ConfigError(f"'{path}' is not a model directory (no config.json). Pass a run's train/final dir.")
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path))
+        model = load_adapter_model(path, tok) if adapter else AutoModelForCausalLM.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"Cannot load the model in '{path}': {first}") from exc
@@ -42,6 +48,68 @@ def generate(
     seed: int | None = None,
 ) -> str:
     """The prompt's continuation (without the prompt)."""
+    new = _generate_ids(
+        model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, greedy, seed
+    )
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+@dataclass
+class Reply:
+    """A chat answer: its text, how many tokens were generated, and whether it ended on a stop token."""
+
+    text: str
+    tokens: int
+    stopped: bool
+
+
+@torch.no_grad()
+def chat(
+    model: Any,
+    tokenizer: Any,
+    message: str,
+    system: str | None = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    top_p: float | None = 0.95,
+    repetition_penalty: float = 1.1,
+    greedy: bool = False,
+    seed: int | None = None,
+) -> Reply:
+    """Answer `message` as the user's turn, rendered with the tokenizer's chat template.
+
+    Generation stops at the ids in the model's generation config (a fine-tuned dir lists its
+    end-of-turn token there); `Reply.stopped` is False when it ran to `max_new_tokens` instead."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "This model dir's tokenizer has no chat template, so --chat cannot format a conversation. "
+            "Fine-tune it with a finetune block (which saves one), or leave out --chat."
+        )
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    new = _generate_ids(
+        model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, greedy, seed
+    )
+    stop = model.generation_config.eos_token_id if model.generation_config is not None else tokenizer.eos_token_id
+    stop = set(stop) if isinstance(stop, (list, tuple)) else {stop}
+    stopped = len(new) > 0 and int(new[-1]) in stop
+    return Reply(tokenizer.decode(new, skip_special_tokens=True).strip(), len(new), stopped)
+
+
+def _generate_ids(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+    greedy: bool,
+    seed: int | None,
+) -> torch.Tensor:
+    """The ids generated after `prompt` (the prompt is tokenized without adding special tokens)."""
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     if not greedy and temperature <= 0:
@@ -72,4 +140,4 @@ def generate(
     else:
         kwargs.update(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
     out = model.generate(**enc, **kwargs)
-    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return out[0, enc["input_ids"].shape[1] :]

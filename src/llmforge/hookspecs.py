@@ -28,29 +28,59 @@ def register_data_sources(register: Register) -> None:
     """Register data sources: `register("name", load)`.
 
     `load(config: llmforge.config.DataConfig) -> datasets.Dataset | datasets.IterableDataset` returns
-    one row per document with the document's text in the column named by `config.text_column`.
+    one row per document with the document's text in the column named by `config.text_column`; when
+    `config.text_column` is None (the finetune stage asks so), every column of each row instead.
     Raise `llmforge.DataError` naming the file/row and the fix for input it cannot read.
     """
 
 
 @hookspec
 def register_chat_templates(register: Register) -> None:
-    """Register chat templates: `register("name", template)` (used by the finetune stage)."""
+    """Register chat templates: `register("name", ChatTemplate(template, special_tokens, end_of_turn))`.
+
+    `from llmforge.conversations import ChatTemplate`. `template` is Jinja text (or a function of the
+    tokenizer returning it; None keeps the tokenizer's own), rendered by transformers'
+    `apply_chat_template` and saved with the tokenizer. It must append one message at a time (turns
+    are located by rendering prefixes) and should mark assistant text with `{% generation %}`.
+    `special_tokens` are added to the tokenizer (the model gets new embedding rows); `end_of_turn`
+    is the token that ends an assistant turn (string, function of the tokenizer, or None to find it).
+    """
 
 
 @hookspec
 def register_formats(register: Register) -> None:
-    """Register dataset formats that turn a row into `[{"role", "content"}, ...]` messages."""
+    """Register row formats: `register("name", Format(fields, to_messages, optional))`.
+
+    `from llmforge.conversations import Format, FormatMismatch`. `fields` are the row fields that
+    must be present (the core names a missing one with the row number); `to_messages(row)` returns
+    `[{"role", "content"}, ...]` with roles mapped to system/user/assistant (others pass through and
+    are counted as unknown). Raise `FormatMismatch("what is wrong")` for a row of another shape.
+    """
 
 
 @hookspec
 def register_loss_masks(register: Register) -> None:
-    """Register loss masks that choose which tokens of a rendered example carry loss."""
+    """Register loss masks: `register("name", LossMask(select, covers_everything=False))`.
+
+    `from llmforge.conversations import LossMask, MaskError, Rendered`. `select(rendered)` returns the
+    character spans of `rendered.text` to train on; `rendered.turns` says where each turn and each
+    assistant's own text (after the generation prompt, through its end-of-turn token) lie. The core
+    maps spans to tokens by offsets and refuses a mask that selects no token, or every token unless
+    `covers_everything`. Raise `MaskError("why")` for a conversation the mask cannot handle.
+    """
 
 
 @hookspec
 def register_benchmarks(register: Register) -> None:
-    """Register benchmark suites: a name mapped to lm-eval tasks (used by the evaluate stage)."""
+    """Register benchmarks: `register("name", Benchmark(...))` (`from llmforge.evaluate import Benchmark`).
+
+    A `Benchmark` names lm-eval tasks or groups (`tasks`), the rows they add to the results table
+    (`rows`: `(label, task, metric)`, e.g. `("MMLU STEM", "mmlu_stem", "acc")`), and optionally a folder
+    of lm-eval task YAMLs the plugin ships (`include_path`). Subclass it and override
+    `resolve(data_dir, workdir) -> TaskSet` to pick tasks at run time, e.g. local files in
+    `data_dir/<name>/` instead of the hub (see the built-in `llmforge_bench`). Used by `llmforge eval`,
+    `llmforge.evaluate()` and the evaluate stage (`evaluate.benchmarks`); lm-eval does the scoring.
+    """
 
 
 @hookspec
@@ -58,7 +88,11 @@ def prepare_model(model: Any, stage: str, config: Any) -> None:
     """Adjust a model in place before a training stage (`stage` is 'train' or 'finetune') starts.
 
     Called after the model is built or loaded and before the Trainer sees it; `config` is the stage's
-    config. Attach forward hooks, freeze parameters, etc.
+    config. Attach forward hooks, freeze parameters, etc. Hook submodules (the embeddings, the body at
+    `model.base_model`), not the top-level forward: with `fused_loss` the training step calls the body
+    and the output head's weight directly. In the finetune stage this comes after the
+    chat template's embedding rows are added and after LoRA wrapping, so `model` may be a peft model:
+    use `model.get_input_embeddings()` rather than attribute paths.
     """
 
 

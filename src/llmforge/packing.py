@@ -60,4 +60,70 @@ class DocumentMaskGuard:
             )
 
     def attach(self, model: torch.nn.Module) -> Any:
-        return model.register_forward_pre_hook(self, with_kwargs=True)
+        """Hook the transformer body, which every forward (fused loss or not) goes through."""
+        body = getattr(model, "base_model", model)
+        return body.register_forward_pre_hook(self, with_kwargs=True)
+
+
+# --- fine-tuning examples: padded one per row, or packed several per row -------------------------
+
+
+def pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Group example indices into rows of at most `capacity` tokens (best fit, longest first).
+
+    Deterministic: the same lengths always give the same rows, in the order their first example came.
+    """
+    import bisect
+
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []  # (room left, row number), sorted
+    rows: list[list[int]] = []
+    for i in order:
+        if lengths[i] > capacity:
+            raise ValueError(f"example {i} has {lengths[i]} tokens, more than a row of {capacity}")
+        at = bisect.bisect_left(free, (lengths[i], -1))
+        if at == len(free):
+            rows.append([i])
+            room, row = capacity - lengths[i], len(rows) - 1
+        else:
+            room, row = free.pop(at)
+            rows[row].append(i)
+            room -= lengths[i]
+        bisect.insort(free, (room, row))
+    for row in rows:
+        row.sort()
+    return sorted(rows, key=lambda r: r[0])
+
+
+class ExampleCollator:
+    """Batch fine-tuning rows, right-padded to the longest: pad labels are -100.
+
+    A row of one example gets an `attention_mask` (its padding is masked). A packed row carries
+    `position_ids` that restart at 0 for each example and no attention mask, so transformers attends
+    within each example only (see the module docstring); padding positions are 0, each its own example,
+    and hold `fill_id` (EOS: a pad id without an attention mask only draws a misleading warning).
+    """
+
+    def __init__(self, pad_id: int, document_aware: bool = True, fill_id: int | None = None) -> None:
+        self.pad_id = pad_id
+        self.document_aware = document_aware
+        self.fill_id = pad_id if fill_id is None else fill_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        T = max(len(r["input_ids"]) for r in rows)
+        B = len(rows)
+        packed = "position_ids" in rows[0]
+        input_ids = torch.full((B, T), self.fill_id if packed else self.pad_id, dtype=torch.long)
+        labels = torch.full((B, T), -100, dtype=torch.long)
+        extra = torch.zeros((B, T), dtype=torch.long)  # position ids (packed) or attention mask
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(r["input_ids"])
+            labels[i, :n] = torch.as_tensor(r["labels"])
+            extra[i, :n] = torch.as_tensor(r["position_ids"]) if packed else 1
+        batch = {"input_ids": input_ids, "labels": labels}
+        if not packed:
+            batch["attention_mask"] = extra
+        elif self.document_aware:
+            batch["position_ids"] = extra
+        return batch

@@ -20,7 +20,7 @@ def perplexity(
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
         rows = [blocks[i] for i in range(start, min(start + batch_size, len(blocks)))]
-        batch = collate(rows)
+        batch = {k: v.to(model.device) for k, v in collate(rows).items()}  # the model may be on a GPU
         logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.size(-1)).float(), batch["labels"][:, 1:].reshape(-1), reduction="sum"

@@ -43,6 +43,7 @@ STAGE_CONFIGS = {
     "evaluate": EvaluateConfig,
 }
 OPTIONAL_STAGES = ("finetune", "evaluate")  # absent from a recipe: not run
+PRETRAINING = ("data", "tokenizer", "model", "train")  # all absent and finetune.base set: not run
 TOP_KEYS = ["name", "plugins", *STAGE_CONFIGS]
 
 
@@ -51,10 +52,10 @@ class Recipe:
     """An ordered set of stage configs. Build it in Python or with `Recipe.from_yaml`."""
 
     name: str = "llmforge-run"
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig | None = field(default_factory=DataConfig)  # None: the stage is off (fine-tune only)
+    tokenizer: TokenizerConfig | None = field(default_factory=TokenizerConfig)
+    model: ModelConfig | None = field(default_factory=ModelConfig)
+    train: TrainConfig | None = field(default_factory=TrainConfig)
     finetune: FinetuneConfig | None = None
     evaluate: EvaluateConfig | None = None
     plugins: list[str] = field(default_factory=list)
@@ -74,6 +75,8 @@ class Recipe:
             for stage, cfg_cls in STAGE_CONFIGS.items()
             if stage not in OPTIONAL_STAGES or mapping.get(stage) is not None
         }
+        if kwargs.get("finetune") is not None and kwargs["finetune"].base and not any(map(mapping.get, PRETRAINING)):
+            kwargs.update(dict.fromkeys(PRETRAINING))  # fine-tune only: finetune.base is the model
         kwargs["name"] = check_type(mapping.get("name", "llmforge-run"), str, "name")
         kwargs["plugins"] = check_type(mapping.get("plugins") or [], list[str], "plugins")
         return cls(**kwargs)
@@ -100,7 +103,14 @@ class Recipe:
             apply_override(mapping, item)
         recipe = cls.from_dict(mapping, where=f"'{path}'")
         base = path.resolve().parent
-        recipe.data = _resolve_paths(recipe.data, base)
+        if recipe.data is not None:
+            recipe.data = _resolve_paths(recipe.data, base)
+        if recipe.finetune is not None:
+            recipe.finetune = _resolve_paths(recipe.finetune, base)
+            if recipe.finetune.base and (base / Path(recipe.finetune.base).expanduser()).exists():
+                recipe.finetune.base = str(base / Path(recipe.finetune.base).expanduser())  # else a hub name
+        if recipe.evaluate is not None and recipe.evaluate.data_dir:  # relative to the recipe file, like data.path
+            recipe.evaluate.data_dir = str(base / Path(recipe.evaluate.data_dir).expanduser())
         return recipe
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,7 +185,7 @@ def apply_override(mapping: dict[str, Any], item: str) -> None:
     node[keys[-1]] = value
 
 
-def _resolve_paths(cfg: DataConfig, base: Path) -> DataConfig:
+def _resolve_paths(cfg: DataConfig | FinetuneConfig, base: Path) -> DataConfig | FinetuneConfig:
     """Relative data paths in a recipe file are relative to the file, like the seeds' scripts."""
 
     def fix(p: str) -> str:
@@ -235,18 +245,23 @@ class Run:
 
     @property
     def model_dir(self) -> Path:
-        final = self.path / "train" / "final"
-        if not rundir.is_complete(final):
-            raise RunDirError(f"{self.path} has no finished model (train/final). Run the recipe first.")
-        return final
+        """The run's latest finished model: finetune/final if there is one, else train/final."""
+        for final in (self.path / "finetune" / "final", self.path / "train" / "final"):
+            if rundir.is_complete(final):
+                return final
+        raise RunDirError(f"{self.path} has no finished model (finetune/final or train/final). Run the recipe first.")
 
     def recipe(self) -> Recipe:
         return Recipe.from_dict(yaml.safe_load((self.path / "recipe.yaml").read_text()))
 
-    def generate(self, prompt: str, **kwargs: Any) -> str:
+    def generate(self, prompt: str, chat: bool = False, **kwargs: Any) -> str:
+        """Continue `prompt`, or with `chat=True` answer it as a user message through the chat template."""
+        from llmforge.generate import chat as chat_reply
         from llmforge.generate import generate, load
 
         model, tok = load(self.model_dir)
+        if chat:
+            return chat_reply(model, tok, prompt, **kwargs).text
         return generate(model, tok, prompt, **kwargs)
 
     def perplexity(self, batch_size: int = 8) -> dict[str, float]:
@@ -266,6 +281,12 @@ class Run:
             eos_id=model.config.eos_token_id,
             document_aware=recipe.train.document_aware,
         )
+
+    def evaluate(self, **kwargs: Any) -> dict[str, Any]:
+        """Benchmarks and perplexity of the run's latest model: `llmforge.evaluate(run_dir, **kwargs)`."""
+        from llmforge.evaluate import evaluate
+
+        return evaluate(self.path, **kwargs)
 
     def metrics(self) -> list[dict[str, Any]]:
         import json

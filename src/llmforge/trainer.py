@@ -1,8 +1,10 @@
 """The Trainer subclass: what llmforge changes inside transformers' loop, and nothing else.
 
-A non-finite loss is caught before its backward pass, so it never reaches the weights: the run stops
-with a clear message (`on_nan: stop`), or the batch is skipped up to `max_skipped_batches` times
-(`on_nan: skip_batch`). Transformers' default would average the NaN away in the logs and train on.
+* A non-finite loss is caught before its backward pass, so it never reaches the weights: the run stops
+  with a clear message (`on_nan: stop`), or the batch is skipped up to `max_skipped_batches` times
+  (`on_nan: skip_batch`). Transformers' default would average the NaN away in the logs and train on.
+* With `fused_loss`, the training loss is computed in chunks without materialising the logits
+  (llmforge.loss); evaluation keeps the model's own loss, so both paths are checked against each other.
 """
 
 from __future__ import annotations
@@ -10,32 +12,44 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import PreTrainedModel, Trainer
 
 from llmforge.errors import TrainingError
+from llmforge.loss import linear_cross_entropy_sum
 
 NAN_ADVICE = (
     "Lower the learning rate (lr) or raise warmup, check the data for corrupted documents, "
     "or train in fp32 (or bf16 instead of fp16)."
 )
+FUSED_LOSS_FAMILIES = {"gpt2", "llama", "mistral", "qwen2", "qwen3"}  # a plain linear head, no logit scaling
 
 
 class LlmforgeTrainer(Trainer):
     def __init__(
-        self, *args: Any, on_nan: str = "stop", max_skipped_batches: int = 10, stage: str = "train", **kwargs: Any
+        self,
+        *args: Any,
+        on_nan: str = "stop",
+        max_skipped_batches: int = 10,
+        stage: str = "train",
+        fused_loss: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.on_nan = on_nan
         self.max_skipped_batches = max_skipped_batches
         self.skipped_batches = 0
         self.stage = stage
+        self.fused_loss = fused_loss
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        result = super().compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
+        if self.fused_loss and model.training and not return_outputs and fused_loss_supported(model):
+            result = chunked_causal_lm_loss(model, inputs, num_items_in_batch)
+        else:
+            result = super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         loss = result[0] if return_outputs else result
         if not model.training or bool(torch.isfinite(loss.detach()).all()):
             return result
@@ -46,7 +60,7 @@ class LlmforgeTrainer(Trainer):
                 f"  {self.stage}: loss is {loss.item()} at step {step}; skipping this batch "
                 f"({self.skipped_batches}/{self.max_skipped_batches} allowed)"
             )
-            # zero loss that still touches every trainable weight, so DDP sees a gradient for each
+            # a zero loss that still touches every trainable weight, so DDP sees a gradient for each
             zero = sum((p.sum() * 0.0) for p in model.parameters() if p.requires_grad)
             return (zero, result[1]) if return_outputs else zero
         raise TrainingError(
@@ -54,3 +68,24 @@ class LlmforgeTrainer(Trainer):
             f"{NAN_ADVICE} The last complete checkpoint is kept."
             + (f" ({self.skipped_batches} batches were already skipped.)" if self.skipped_batches else "")
         )
+
+
+def fused_loss_supported(model: Any) -> bool:
+    """True for a bare (not DDP- or peft-wrapped) model of a family whose logits are a plain linear head."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return (
+        isinstance(model, PreTrainedModel)
+        and getattr(model.config, "model_type", None) in FUSED_LOSS_FAMILIES
+        and isinstance(head, torch.nn.Linear)
+        and head.bias is None
+    )
+
+
+def chunked_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> torch.Tensor:
+    """The model's next-token loss without materialising the logits (llmforge.loss)."""
+    labels = inputs["labels"]
+    body = {k: v for k, v in inputs.items() if k != "labels"}
+    hidden = model.base_model(**body, use_cache=False).last_hidden_state
+    total = linear_cross_entropy_sum(hidden[:, :-1], model.get_output_embeddings().weight, labels[:, 1:])
+    count = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != -100).sum()
+    return total / count

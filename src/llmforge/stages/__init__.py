@@ -5,6 +5,7 @@ Each stage module has: `ARTEFACT` (its output dir in the run dir, complete only 
 and `describe(outputs) -> str` (its line in the summary table).
 """
 
-from llmforge.stages import data, model, tokenizer, train
+from llmforge.stages import data, evaluate, finetune, model, tokenizer, train
 
-STAGES = {"data": data, "tokenizer": tokenizer, "model": model, "train": train}
+STAGES = {"data": data, "tokenizer": tokenizer, "model": model, "train": train, "finetune": finetune}
+STAGES["evaluate"] = evaluate  # always last: it scores the model the stages before it made

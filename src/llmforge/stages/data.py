@@ -26,7 +26,7 @@ ARTEFACT = "data/documents"
 
 
 def enabled(recipe: Any) -> bool:
-    return True
+    return recipe.data is not None  # absent in a fine-tune-only recipe
 
 
 def describe(out: dict[str, Any]) -> str:
@@ -76,6 +76,8 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def read_documents(cfg: DataConfig, ctx: Context) -> datasets.Dataset:
     """The source's documents as a one-column ('text') Dataset without empty documents."""
+    if cfg.text_column is None:
+        raise ConfigError("data.text_column is null, but pretraining reads one text column: name it (e.g. text).")
     load = ctx.plugins.data_source(cfg.source)
     ds = load(cfg)
     if isinstance(ds, datasets.IterableDataset):

@@ -25,7 +25,7 @@ ARTEFACT = "model"
 
 
 def enabled(recipe: Any) -> bool:
-    return True
+    return recipe.model is not None  # absent in a fine-tune-only recipe
 
 
 def describe(out: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ ARTEFACT = "tokenizer"
 
 
 def enabled(recipe: Any) -> bool:
-    return True
+    return recipe.tokenizer is not None  # absent in a fine-tune-only recipe
 
 
 def describe(out: dict[str, Any]) -> str:

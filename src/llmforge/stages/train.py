@@ -33,7 +33,7 @@ ARTEFACT = "train/final"
 
 
 def enabled(recipe: Any) -> bool:
-    return True
+    return recipe.train is not None  # absent in a fine-tune-only recipe
 
 
 def describe(out: dict[str, Any]) -> str:
@@ -60,17 +60,24 @@ def run(ctx: Context) -> dict[str, Any]:
     validate(cfg)
     tok = load_tokenizer(ctx)
     blocks = data.blocks(ctx)
+    return retry_on_oom(ctx, cfg, lambda attempt: fit(ctx, attempt, tok, blocks))
+
+
+def retry_on_oom(
+    ctx: Context, cfg: TrainConfig, fit: Any, where: str = "train", shorter: str = "model.context_length"
+) -> dict[str, Any]:
+    """`fit(cfg)`, retried with half the batch and twice the accumulation on out-of-memory if asked."""
     attempt = cfg
     while True:
         try:
-            outputs = fit(ctx, attempt, tok, blocks)
+            outputs = fit(attempt)
             break
         except torch.OutOfMemoryError as exc:
             if not cfg.auto_batch_size or attempt.batch_size == 1:
                 raise TrainingError(
-                    f"Out of memory with train.batch_size {attempt.batch_size}. Lower train.batch_size and raise "
-                    "train.grad_accum by the same factor (the effective batch stays), or lower "
-                    "model.context_length; train.auto_batch_size: true does the halving for you."
+                    f"Out of memory with {where}.batch_size {attempt.batch_size}. Lower {where}.batch_size and raise "
+                    f"{where}.grad_accum by the same factor (the effective batch stays), or lower "
+                    f"{shorter}; {where}.auto_batch_size: true does the halving for you."
                 ) from exc
             attempt = dataclasses.replace(
                 attempt, batch_size=attempt.batch_size // 2, grad_accum=attempt.grad_accum * 2
@@ -124,6 +131,7 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
         on_nan=cfg.on_nan,
         max_skipped_batches=cfg.max_skipped_batches,
         stage="train",
+        fused_loss=cfg.fused_loss,
     )
     trainer.remove_callback(PrinterCallback)  # LlmforgeCallback shows progress and logs
     truncate_metrics(ctx.path("metrics.jsonl"), "train", resume[1] if resume else 0)
@@ -153,6 +161,7 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
     }
     if args.should_save:
         save_final(trainer, tok, ctx.path("train", "final"), ctx.fingerprints["train"], outputs)
+    ctx.cache.setdefault("models", {})["train"] = trainer.model  # the evaluate stage scores it without a reload
     return outputs
 
 
@@ -167,28 +176,36 @@ def log_batch_change(ctx: Context, checkpoint: Path, tokens_per_step: int) -> No
 
 
 def last_evaluation(trainer: Trainer) -> dict[str, float] | None:
-    """The evaluation logged at the final step, if there was one (no need to evaluate twice)."""
+    """The evaluation of the model training ended with, if one was logged (no need to evaluate twice).
+
+    With early stopping that is the best checkpoint's (load_best_model_at_end), else the final step's."""
+    best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    if best is not None:
+        step = int(Path(best).name.split("-")[-1])
+        for entry in trainer.state.log_history:
+            if "eval_loss" in entry and entry.get("step") == step:
+                return entry
     for entry in reversed(trainer.state.log_history):
         if "eval_loss" in entry:
             return entry if entry.get("step") == trainer.state.global_step else None
     return None
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig, where: str = "train") -> None:
     for key in ("batch_size", "grad_accum", "keep_last", "log_every"):
         if getattr(cfg, key) < 1:
-            raise ConfigError(f"train.{key} must be at least 1, got {getattr(cfg, key)}.")
+            raise ConfigError(f"{where}.{key} must be at least 1, got {getattr(cfg, key)}.")
     if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise ConfigError(f"train.max_steps must be at least 1, got {cfg.max_steps}.")
+        raise ConfigError(f"{where}.max_steps must be at least 1, got {cfg.max_steps}.")
     if cfg.max_steps is None and cfg.epochs <= 0:
-        raise ConfigError(f"train.epochs must be positive, got {cfg.epochs}.")
+        raise ConfigError(f"{where}.epochs must be positive, got {cfg.epochs}.")
     if not cfg.lr > 0:
-        raise ConfigError(f"train.lr must be positive, got {cfg.lr}.")
+        raise ConfigError(f"{where}.lr must be positive, got {cfg.lr}.")
     if cfg.early_stopping and not cfg.eval_every:
-        raise ConfigError("train.early_stopping needs train.eval_every: the patience counts evaluations.")
+        raise ConfigError(f"{where}.early_stopping needs {where}.eval_every: the patience counts evaluations.")
     for key in ("eval_every", "save_every"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
-            raise ConfigError(f"train.{key} must be at least 1, got {getattr(cfg, key)}.")
+            raise ConfigError(f"{where}.{key} must be at least 1, got {getattr(cfg, key)}.")
 
 
 def planned_steps(cfg: TrainConfig, n_blocks: int, world: int) -> int:
@@ -255,6 +272,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int) -> Traini
         remove_unused_columns=False,
         use_cache=False,
         logging_nan_inf_filter=False,  # a NaN must show, not be averaged away
+        use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         **precision_flags(cfg.precision),
     )
 
@@ -277,13 +295,29 @@ def resume_point(ckpt_dir: Path, compat: str, ctx: Context) -> tuple[Path, int] 
     return done[-1], int(done[-1].name.split("-")[1])
 
 
-def save_final(trainer: Trainer, tok: Any, final: Path, fp: str, outputs: dict[str, Any]) -> None:
-    """The finished model as a plain HF dir (loads without llmforge), written atomically."""
-    model = trainer.model
+def save_final(
+    trainer: Trainer,
+    tok: Any,
+    final: Path,
+    fp: str,
+    outputs: dict[str, Any],
+    model: Any = None,
+    eos_token_id: int | list[int] | None = None,
+) -> None:
+    """The finished model as a plain HF dir (loads without llmforge), written atomically.
+
+    `model` replaces the trainer's (e.g. LoRA merged into its base); `eos_token_id` the ids generation
+    stops at (e.g. a chat template's end-of-turn token and EOS)."""
+    model = trainer.model if model is None else model
     model.config.use_cache = True
     if model.generation_config is not None:
-        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id if eos_token_id is None else eos_token_id
         model.generation_config.pad_token_id = tok.pad_token_id
     with rundir.atomic_dir(final, fp, outputs) as tmp:
-        trainer.save_model(str(tmp))
+        if model is trainer.model:
+            trainer.save_model(str(tmp))
+        else:
+            model.save_pretrained(str(tmp))
+        if model.generation_config is not None and not (tmp / "generation_config.json").exists():
+            model.generation_config.save_pretrained(str(tmp))  # a LoRA adapter dir: where generation stops
         tok.save_pretrained(str(tmp))

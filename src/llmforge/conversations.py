@@ -1,0 +1,465 @@
+"""From instruction rows to training examples: format -> messages -> chat template -> tokens -> loss mask.
+
+Plugins contribute the three named pieces, registered through the hooks in `llmforge.hookspecs`:
+
+* a `Format` turns one data row into `[{"role", "content"}, ...]` messages;
+* a `ChatTemplate` installs a Jinja template (and its special tokens) into the tokenizer, so the
+  saved model dir chats with plain transformers (`tokenizer.apply_chat_template`);
+* a `LossMask` chooses, in characters of the rendered text, what the model is trained to write.
+
+The core does the rest the same way for every plugin: it checks the rows against the format, counts
+(never silently drops) conversations it cannot use, renders them with transformers' sandboxed
+`apply_chat_template`, locates every turn by rendering the conversation's prefixes, and turns the
+mask's character spans into token labels through the tokenizer's offset mapping, so a token carries
+loss when it overlaps a selected span (the rule of `return_assistant_tokens_mask`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from llmforge.errors import ConfigError, DataError
+
+ROLES = ("system", "user", "assistant")
+Span = tuple[int, int]
+
+
+# --- what plugins register -----------------------------------------------------------------------
+
+
+class FormatMismatch(Exception):
+    """Raised by a format's `to_messages` when a row does not have the shape the format reads.
+
+    The message names the field (e.g. "turn 2 of 'conversations' has no field 'from'"); the core adds
+    the row number, the format's name and where the data came from.
+    """
+
+
+@dataclass(frozen=True)
+class Format:
+    """A row format: the fields a row must have, and how the row becomes messages.
+
+    `to_messages(row)` returns `[{"role": ..., "content": ...}, ...]` in the format's own words mapped
+    to `system`/`user`/`assistant`; a role it cannot map is passed through unchanged (the core counts
+    it as unknown), and so is empty content (counted as an empty turn).
+    """
+
+    fields: tuple[str, ...]
+    to_messages: Callable[[dict[str, Any]], list[dict[str, Any]]]
+    optional: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A chat template: Jinja text (or a function of the tokenizer returning it), its special tokens and
+    the token that ends an assistant turn.
+
+    `template=None` keeps the tokenizer's own template. `end_of_turn` may be a token string, a function
+    of the tokenizer, or None to find it from a rendered probe conversation. Put `{% generation %}` /
+    `{% endgeneration %}` around what the assistant writes, so `return_assistant_tokens_mask` works too.
+    """
+
+    template: str | Callable[[Any], str] | None
+    special_tokens: tuple[str, ...] = ()
+    end_of_turn: str | Callable[[Any], str] | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LossMask:
+    """A loss mask: `select(rendered) -> [(start, end), ...]` character spans of `rendered.text` to train on.
+
+    `covers_everything` is True only for a mask meant to select every token (`all`); any other mask that
+    selects every token, or no token, of an example is an error.
+    """
+
+    select: Callable[[Rendered], list[Span]]
+    covers_everything: bool = False
+    description: str = ""
+
+
+class MaskError(Exception):
+    """Raised by a loss mask for an example it cannot handle (the core names the row)."""
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Where one message sits in the rendered text.
+
+    `start:end` is the whole turn, template markup included. For an assistant turn `content_start` is
+    where the generation prompt ends (what the template adds at inference is not the model's to write)
+    and `content_end` where its text and end-of-turn token end (trailing whitespace excluded); for the
+    other turns the content span is the whole turn.
+    """
+
+    role: str
+    start: int
+    end: int
+    content_start: int
+    content_end: int
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    turns: list[Turn]
+
+    def assistant_turns(self) -> list[Turn]:
+        return [t for t in self.turns if t.role == "assistant"]
+
+
+class TemplateError(DataError):
+    """The chat template cannot render a conversation, or renders it so that turns cannot be located."""
+
+
+def render(tokenizer: Any, messages: list[dict[str, Any]]) -> Rendered:
+    """Render `messages` with the tokenizer's chat template and locate each turn in the text.
+
+    Message k's turn ends where the rendering of messages[:k+1] ends; an assistant turn's content starts
+    where messages[:k] rendered with the generation prompt ends. A template whose rendering of a prefix
+    is not a prefix of the whole rendering cannot be masked by position, and is an error.
+    """
+    full = _apply(tokenizer, messages, False)
+    turns: list[Turn] = []
+    start = 0
+    for k, message in enumerate(messages):
+        end = len(full) if k == len(messages) - 1 else _prefix_length(tokenizer, messages[: k + 1], full, False)
+        content_start, content_end = start, end
+        if message["role"] == "assistant":
+            if k == 0:
+                raise TemplateError("the conversation starts with an assistant turn, which answers nothing")
+            content_start = _prefix_length(tokenizer, messages[:k], full, True)
+            if not start <= content_start <= end:
+                raise TemplateError(
+                    f"the generation prompt after message {k} does not end inside the assistant turn that follows"
+                )
+            content_end = content_start + len(full[content_start:end].rstrip())
+        turns.append(Turn(message["role"], start, end, content_start, content_end))
+        start = end
+    return Rendered(full, turns)
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except (jinja2.TemplateError, ValueError, TypeError) as exc:
+        raise TemplateError(f"the chat template raised {type(exc).__name__}: {exc}") from exc
+
+
+def _prefix_length(tokenizer: Any, prefix: list[dict[str, Any]], full: str, generation_prompt: bool) -> int:
+    text = _apply(tokenizer, prefix, generation_prompt)
+    if not full.startswith(text):
+        raise TemplateError(
+            f"the template renders the first {len(prefix)} message(s)"
+            f"{' with the generation prompt' * generation_prompt} as text that is not a prefix of the whole "
+            "conversation, so turns cannot be located by position. "
+            "Use a template that appends each message (chatml, minimal)"
+        )
+    return len(text)
+
+
+# --- templates -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Installed:
+    """What installing a chat template did to a tokenizer."""
+
+    name: str
+    end_of_turn: str
+    end_of_turn_id: int
+    added_tokens: list[str]
+    added_ids: list[int]
+
+
+def install_template(tokenizer: Any, name: str, template: ChatTemplate) -> Installed:
+    """Add the template's special tokens, set `tokenizer.chat_template`, find the end-of-turn token."""
+    vocab = tokenizer.get_vocab()
+    added = [t for t in dict.fromkeys(template.special_tokens) if t not in vocab]
+    if added:
+        tokenizer.add_special_tokens({"extra_special_tokens": added}, replace_extra_special_tokens=False)
+    if template.template is not None:
+        tokenizer.chat_template = template.template(tokenizer) if callable(template.template) else template.template
+    elif not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"finetune.chat_template '{name}' uses the tokenizer's own template, and this tokenizer has none. "
+            "Choose a template that brings its own (chatml, minimal)."
+        )
+    eot = template.end_of_turn
+    eot = eot(tokenizer) if callable(eot) else eot if eot is not None else infer_end_of_turn(tokenizer, name)
+    ids = tokenizer.encode(eot, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ConfigError(
+            f"The end-of-turn token {eot!r} of chat template '{name}' is not one token of this tokenizer "
+            f"({len(ids)} tokens). A model cannot learn to stop on it; add it as a special token."
+        )
+    return Installed(name, eot, ids[0], added, tokenizer.convert_tokens_to_ids(added) if added else [])
+
+
+PROBE = [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "Yes."}]
+
+
+def infer_end_of_turn(tokenizer: Any, name: str) -> str:
+    """The first special token the template writes after an assistant's text (e.g. <|eot_id|>, </s>)."""
+    rendered = render(tokenizer, PROBE)
+    turn = rendered.turns[-1]
+    tail = rendered.text[turn.content_start : turn.end]
+    special = set(tokenizer.all_special_tokens) | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if getattr(t, "special", False)
+    }
+    enc = tokenizer(tail, add_special_tokens=False)
+    for token_id in enc["input_ids"]:
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        if token in special:
+            return token
+    raise ConfigError(
+        f"Chat template '{name}' writes no special token after an assistant's text (it writes {tail!r}), so "
+        "a fine-tuned model could not learn where its turn ends. Use a template with an end-of-turn token."
+    )
+
+
+# --- masks -> labels -----------------------------------------------------------------------------
+
+
+def token_mask(offsets: list[tuple[int, int]], spans: Iterable[Span]) -> list[bool]:
+    """Per token: does it overlap one of `spans` (character ranges)? Offsets and spans in text order."""
+    spans = sorted((s, e) for s, e in spans if e > s)
+    mask = [False] * len(offsets)
+    i = 0
+    for t, (start, end) in enumerate(offsets):
+        while i < len(spans) and start >= spans[i][1]:
+            i += 1
+        if i == len(spans):
+            break
+        if end > spans[i][0]:
+            mask[t] = True
+    return mask
+
+
+# --- rows -> examples ----------------------------------------------------------------------------
+
+UNKNOWN_ROLE = "unknown role"
+EMPTY_TURN = "empty turn"
+NO_ASSISTANT = "no assistant turn"
+ASSISTANT_FIRST = "assistant turn first"
+
+
+@dataclass
+class Example:
+    """One rendered, tokenized conversation. `loss[i]`: token i is a target (never the first token)."""
+
+    row: int
+    messages: list[dict[str, Any]]
+    rendered: Rendered
+    input_ids: list[int]
+    offsets: list[tuple[int, int]]
+    loss: list[bool]
+
+    @property
+    def loss_tokens(self) -> int:
+        return sum(self.loss)
+
+    def labels(self) -> list[int]:
+        return [t if keep else -100 for t, keep in zip(self.input_ids, self.loss, strict=True)]
+
+
+@dataclass
+class Problem:
+    """Why a row gives no example: one of the kinds above, and a detail (e.g. the unknown role)."""
+
+    row: int
+    kind: str
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    """Counts of rows that could not be used, by kind, with the first few row numbers of each."""
+
+    rows: int = 0
+    kinds: Counter = field(default_factory=Counter)
+    unknown_roles: Counter = field(default_factory=Counter)
+    first_rows: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, problem: Problem) -> None:
+        self.kinds[problem.kind] += 1
+        if problem.kind == UNKNOWN_ROLE:
+            self.unknown_roles[problem.detail] += 1
+        rows = self.first_rows.setdefault(problem.kind, [])
+        if len(rows) < 5:
+            rows.append(problem.row + 1)
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.kinds.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "dropped": self.dropped,
+            "by_kind": dict(self.kinds),
+            "unknown_roles": dict(self.unknown_roles),
+            "first_rows": self.first_rows,
+        }
+
+    def lines(self) -> list[str]:
+        out = []
+        for kind, n in self.kinds.most_common():
+            extra = ""
+            if kind == UNKNOWN_ROLE:
+                extra = " (" + ", ".join(f"'{r}' x{c}" for r, c in self.unknown_roles.most_common()) + ")"
+            rows = ", ".join(map(str, self.first_rows.get(kind, [])))
+            out.append(f"{n} row(s) with {kind}{extra}, dropped: rows {rows}{', ...' if n > 5 else ''}")
+        return out
+
+
+class ExampleBuilder:
+    """Turns data rows into `Example`s with one format, one installed template and one loss mask."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        fmt: Format,
+        mask: LossMask,
+        names: dict[str, str],
+        system_prompt: str | None = None,
+        where: str = "the finetune data",
+        other_formats: dict[str, Format] | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.format = fmt
+        self.mask = mask
+        self.names = names  # {"format": ..., "chat_template": ..., "loss_mask": ...}
+        self.system_prompt = system_prompt
+        self.where = where
+        self.other_formats = other_formats or {}
+
+    # one row ----------------------------------------------------------------------------------------
+    def messages(self, row: dict[str, Any], index: int) -> list[dict[str, Any]] | Problem:
+        """The row's messages, or the first problem that makes it unusable (counted by the caller)."""
+        self._check_fields(row, index)
+        try:
+            raw = self.format.to_messages(row)
+        except FormatMismatch as exc:
+            raise self._mismatch(index, str(exc)) from exc
+        messages = []
+        for turn, m in enumerate(raw, start=1):
+            role, content = m.get("role"), m.get("content")
+            if content is not None and not isinstance(content, str):
+                raise self._mismatch(
+                    index, f"turn {turn} holds {type(content).__name__} content {str(content)[:40]!r}, not text"
+                )
+            if role not in ROLES:
+                return Problem(index, UNKNOWN_ROLE, str(role))
+            if not content or not content.strip():
+                return Problem(index, EMPTY_TURN, f"turn {turn} ({role})")
+            messages.append({"role": role, "content": content})
+        if not any(m["role"] == "assistant" for m in messages):
+            return Problem(index, NO_ASSISTANT)
+        if self.system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        if messages[0]["role"] == "assistant":
+            return Problem(index, ASSISTANT_FIRST)
+        return messages
+
+    def example(self, row: dict[str, Any], index: int) -> Example | Problem:
+        messages = self.messages(row, index)
+        if isinstance(messages, Problem):
+            return messages
+        return self.examples([(index, messages)])[0]
+
+    # many rows --------------------------------------------------------------------------------------
+    def build(self, rows: Iterable[dict[str, Any]], report: Report, batch: int = 512) -> list[Example]:
+        examples: list[Example] = []
+        pending: list[tuple[int, list[dict[str, Any]]]] = []
+        for index, row in enumerate(rows):
+            report.rows += 1
+            messages = self.messages(row, index)
+            if isinstance(messages, Problem):
+                report.add(messages)
+                continue
+            pending.append((index, messages))
+            if len(pending) == batch:
+                examples += self.examples(pending)
+                pending = []
+        if pending:
+            examples += self.examples(pending)
+        return examples
+
+    def examples(self, items: list[tuple[int, list[dict[str, Any]]]]) -> list[Example]:
+        """Render, tokenize (in one batch) and mask conversations."""
+        rendered = []
+        for index, messages in items:
+            try:
+                rendered.append(render(self.tokenizer, messages))
+            except TemplateError as exc:
+                raise TemplateError(
+                    f"Row {index + 1} of {self.where}: chat template '{self.names['chat_template']}': {exc}."
+                ) from exc
+        enc = self.tokenizer(
+            [r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )
+        out = []
+        for (index, messages), r, ids, offsets in zip(
+            items, rendered, enc["input_ids"], enc["offset_mapping"], strict=True
+        ):
+            try:
+                spans = self.mask.select(r)
+            except MaskError as exc:
+                raise DataError(
+                    f"Row {index + 1} of {self.where}: loss mask '{self.names['loss_mask']}' {exc}."
+                ) from exc
+            loss = token_mask(offsets, spans)
+            if loss:
+                loss[0] = False  # nothing predicts the first token
+            example = Example(index, messages, r, list(ids), [tuple(o) for o in offsets], loss)
+            self._check_mask(example)
+            out.append(example)
+        return out
+
+    # checks -----------------------------------------------------------------------------------------
+    def _check_fields(self, row: dict[str, Any], index: int) -> None:
+        for name in self.format.fields:
+            if row.get(name) is None:
+                raise self._mismatch(index, f"it has no field '{name}'", row)
+
+    def _mismatch(self, index: int, detail: str, row: dict[str, Any] | None = None) -> DataError:
+        fmt = self.names["format"]
+        needs = ", ".join(self.format.fields) + (
+            f" (optional: {', '.join(self.format.optional)})" if self.format.optional else ""
+        )
+        msg = f"Row {index + 1} of {self.where} does not match format '{fmt}': {detail}. Format '{fmt}' reads {needs}."
+        if row is not None:
+            present = sorted(k for k, v in row.items() if v is not None)
+            msg += f" The row's fields: {', '.join(present) or 'none'}."
+            fits = [
+                n for n, f in self.other_formats.items() if n != fmt and all(row.get(x) is not None for x in f.fields)
+            ]
+            if fits:
+                msg += f" It looks like format {' or '.join(repr(n) for n in fits)}: set finetune.format."
+        return DataError(msg)
+
+    def _check_mask(self, example: Example) -> None:
+        targets = example.loss[1:]
+        name = self.names["loss_mask"]
+        if not any(targets):
+            raise DataError(
+                f"Loss mask '{name}' selects no token of row {example.row + 1} of {self.where} (chat template "
+                f"'{self.names['chat_template']}'), so it would train on nothing. "
+                f"Rendered: {example.rendered.text[:300]!r}"
+            )
+        if all(targets) and not self.mask.covers_everything:
+            raise DataError(
+                f"Loss mask '{name}' selects every token of row {example.row + 1} of {self.where} (chat template "
+                f"'{self.names['chat_template']}'): the prompt would be trained as if the model wrote it. Check "
+                f"that the template marks turns (rendered: {example.rendered.text[:300]!r}), or use loss_mask: all."
+            )

@@ -1,0 +1,489 @@
+"""Evaluation: lm-eval benchmarks and perplexity of a finished model, and the table that compares models.
+
+`evaluate(model_or_dir, tasks=["mmlu", "hellaswag"])` asks each benchmark plugin which lm-eval tasks
+to run (lm-eval's own on the hub, or the same task definitions over local files), scores them with
+lm-eval's `simple_evaluate` on an `HFLM` around the model, and adds perplexity on the run's validation
+blocks (prepared exactly like the training data) and on a text file. llmforge scores nothing itself.
+
+A benchmark plugin registers a `Benchmark` (see `llmforge.hookspecs.register_benchmarks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmforge import rundir
+from llmforge.errors import ConfigError, DataError, LlmforgeError, RunDirError
+
+Row = tuple[str, str, str]  # (label in the table, lm-eval task or group, metric such as "acc")
+
+
+# --- what a benchmark plugin registers --------------------------------------------------------------
+
+
+@dataclass
+class TaskSet:
+    """The lm-eval tasks one benchmark resolved to, and the task folders lm-eval must index for them."""
+
+    tasks: list[str]
+    include_paths: list[Path] = field(default_factory=list)
+    builtin: bool = True  # also index all of lm-eval's built-in tasks (slow: ~15k entries)
+    source: str = "lm-eval"  # where the data comes from, for the user
+
+
+@dataclass
+class Benchmark:
+    """A named benchmark: lm-eval tasks, the rows they add to the results table, and their YAML folder.
+
+    `tasks` are lm-eval task or group names; `rows` are `(label, task, metric)` triples picked out of
+    lm-eval's results for the compact table (all of a task's metrics when empty); `include_path` is a
+    folder of lm-eval task YAMLs that the plugin ships (None for lm-eval's built-in tasks); `builtin`
+    says whether lm-eval's built-in tasks must be indexed too (False only for self-contained folders).
+    Override `resolve` to choose the tasks at run time, e.g. local files instead of the hub.
+    """
+
+    tasks: list[str]
+    rows: list[Row] = field(default_factory=list)
+    include_path: str | Path | None = None
+    builtin: bool = True
+    data_help: str = ""  # what files to put where when the data cannot be found
+
+    def resolve(self, data_dir: Path | None, workdir: Path) -> TaskSet:
+        """The tasks to run; `data_dir` is the user's local benchmark folder, `workdir` a scratch folder."""
+        paths = [Path(self.include_path)] if self.include_path else []
+        return TaskSet(list(self.tasks), paths, self.builtin, "plugin task folder" if paths else "lm-eval")
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no network."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return True
+    return False
+
+
+def lm_eval_tasks_dir() -> Path:
+    """The folder of lm-eval's installed task YAMLs."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+# --- evaluate -----------------------------------------------------------------------------------------
+
+
+def evaluate(
+    model_or_dir: Any,
+    tasks: Sequence[str] = ("mmlu", "hellaswag"),
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int = 8,
+    text: str | Path | None = None,
+    *,
+    tokenizer: Any = None,
+    perplexity: bool = True,
+    blocks: Any = None,
+    document_aware: bool = True,
+    workdir: str | Path | None = None,
+    plugins: Any = None,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Benchmarks (through lm-eval) and perplexity of a model; returns the full results.
+
+    `model_or_dir` is an HF model dir, an llmforge run dir (its fine-tuned model if it has one, else
+    train/final), or a model object (then pass `tokenizer`). `tasks` are benchmark plugin names.
+    `data_dir` holds local benchmark files (`DATA_DIR/mmlu/...`, `DATA_DIR/hellaswag/...`).
+    Perplexity is computed on `blocks` (packed validation blocks), or on the run's validation blocks
+    when the model dir belongs to an llmforge run, and on the text file `text` when given.
+    `workdir` keeps the generated lm-eval task folders (a temporary folder when None).
+
+    The result holds `table` (label -> value: MMLU and its categories, HellaSwag acc/acc_norm,
+    perplexities), `perplexity`, `benchmarks` (where each one's data came from) and `lm_eval`
+    (lm-eval's full output).
+    """
+    from llmforge.plugins import get_plugins
+
+    _check_args(limit, num_fewshot, batch_size)
+    if text is not None and not Path(text).is_file():
+        raise DataError(f"Text file '{text}' does not exist.")
+    plugins = plugins or get_plugins()
+    data_path = _data_dir(data_dir)
+    benchmarks = {name: plugins.registries["benchmark"].get(name) for name in dict.fromkeys(tasks)}
+    model_dir, run_dir = locate(model_or_dir) if isinstance(model_or_dir, (str, Path)) else (None, None)
+    if blocks is None and perplexity and run_dir is not None:
+        blocks, document_aware = _run_validation(run_dir)
+    label = str(model_or_dir) if model_dir is not None else getattr(model_or_dir, "name_or_path", "") or "model"
+    if not benchmarks and text is None and not (perplexity and blocks is not None):
+        raise ConfigError(
+            f"Nothing to evaluate for {label}: name benchmarks (--tasks mmlu,hellaswag), a text file (--text), "
+            "or a model inside an llmforge run (for validation perplexity)."
+        )
+    with _workdir(workdir) as work:
+        tasksets = {name: _resolve(name, b, data_path, work) for name, b in benchmarks.items()}
+        model, tok = _load(model_dir, tokenizer) if model_dir is not None else _in_memory(model_or_dir, tokenizer)
+        result: dict[str, Any] = {
+            "model": label,
+            "table": {},
+            "benchmarks": {n: {"tasks": t.tasks, "source": t.source} for n, t in tasksets.items()},
+            "perplexity": {},
+            "seconds": {},
+        }
+        if tasksets:
+            started = time.perf_counter()
+            if console is not None:
+                for name, ts in tasksets.items():
+                    console.print(f"  {name}: lm-eval {', '.join(ts.tasks)} ({ts.source})")
+            output = run_lm_eval(model, tok, tasksets, benchmarks, limit, num_fewshot, batch_size)
+            result["seconds"]["benchmarks"] = round(time.perf_counter() - started, 2)
+            for name, bench in benchmarks.items():
+                result["table"].update(benchmark_rows(bench, tasksets[name], output))
+            result["lm_eval"] = output
+        started = time.perf_counter()
+        if perplexity and blocks is not None:
+            ppl = _perplexity(model, blocks, batch_size, _eos_id(model, tok), document_aware)
+            result["perplexity"]["validation"] = ppl
+            result["table"]["validation perplexity"] = ppl["perplexity"]
+        if text is not None:
+            ppl = text_perplexity(model, tok, text, batch_size)
+            result["perplexity"]["text"] = ppl
+            result["table"][f"perplexity of {Path(text).name}"] = ppl["perplexity"]
+        if result["perplexity"]:
+            result["seconds"]["perplexity"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def run_lm_eval(
+    model: Any,
+    tok: Any,
+    tasksets: dict[str, TaskSet],
+    benchmarks: dict[str, Benchmark],
+    limit: int | None,
+    num_fewshot: int | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    """lm-eval's `simple_evaluate` on an HFLM around the model; its output made JSON-safe."""
+    import datasets
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    names = list(dict.fromkeys(t for ts in tasksets.values() for t in ts.tasks))
+    paths = [str(p) for ts in tasksets.values() for p in ts.include_paths]
+    with _quiet_lm_eval():
+        manager = TaskManager(
+            include_path=list(dict.fromkeys(paths)) or None,
+            include_defaults=any(ts.builtin for ts in tasksets.values()),
+        )
+        unknown = [n for n in names if n not in manager.all_tasks]
+        if unknown:
+            raise LlmforgeError(
+                f"lm-eval knows no task named {', '.join(unknown)} (asked for by benchmark "
+                f"{', '.join(b for b, ts in tasksets.items() if set(ts.tasks) & set(unknown))}). "
+                "Check the plugin's task names and its include_path."
+            )
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+        try:
+            output = simple_evaluate(
+                model=lm,
+                tasks=names,
+                num_fewshot=num_fewshot,
+                batch_size=batch_size,
+                limit=limit,
+                task_manager=manager,
+                log_samples=False,
+            )
+        except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as exc:
+            hints = " ".join(b.data_help for b in benchmarks.values() if b.data_help)
+            raise DataError(f"lm-eval could not load a benchmark's data: {_first_line(exc)}. {hints}".strip()) from exc
+        except AssertionError as exc:
+            if _raised_in(exc, "_loglikelihood_tokens"):
+                raise LlmforgeError(
+                    f"An answer of a benchmark is longer than the model's context ({lm.max_length} tokens), so "
+                    "lm-eval cannot score it. Evaluate a model with a longer context_length."
+                ) from exc
+            raise
+    return json.loads(json.dumps(output, default=handle_non_serializable))
+
+
+def benchmark_rows(bench: Benchmark, taskset: TaskSet, output: dict[str, Any]) -> dict[str, float | None]:
+    """The benchmark's table rows, read from lm-eval's results (None where a row has no result)."""
+    results = {**output.get("results", {}), **output.get("groups", {})}
+    rows = bench.rows or [
+        (f"{task} {key.split(',')[0]}", task, key)
+        for task in taskset.tasks
+        for key, value in results.get(task, {}).items()
+        if "," in key and "_stderr" not in key and isinstance(value, (int, float))
+    ]
+    table = {}
+    for label, task, metric in rows:
+        key = metric if "," in metric else f"{metric},none"
+        value = results.get(task, {}).get(key)
+        table[label] = float(value) if isinstance(value, (int, float)) else None
+    return table
+
+
+# --- perplexity -----------------------------------------------------------------------------------------
+
+
+def text_perplexity(model: Any, tok: Any, path: str | Path, batch_size: int = 8) -> dict[str, Any]:
+    """Loss and perplexity on a text file, read as one document (its tokens then EOS, as in training),
+    in consecutive windows of the model's context length (the last one may be shorter)."""
+    path = Path(path)
+    try:
+        content = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DataError(f"Text file '{path}' does not exist.") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"'{path}' is not valid UTF-8 (byte {exc.start}). Convert it to UTF-8.") from exc
+    ids = list(tok(content, add_special_tokens=False, verbose=False)["input_ids"])
+    eos = _eos_id(model, tok)
+    if eos is not None:
+        ids.append(eos)
+    if len(ids) < 2:
+        raise DataError(f"'{path}' holds too little text to measure perplexity (fewer than 2 tokens).")
+    T = context_length(model, tok)
+    full = len(ids) // T
+    parts = [[{"input_ids": ids[i * T : (i + 1) * T]} for i in range(full)]]
+    if len(ids) - full * T >= 2:
+        parts.append([{"input_ids": ids[full * T :]}])
+    total = count = 0.0
+    for rows in parts:
+        if rows:
+            ppl = _perplexity(model, rows, batch_size, eos, document_aware=True)
+            total += ppl["loss"] * ppl["tokens"]
+            count += ppl["tokens"]
+    loss = total / count
+    return {"file": str(path), "loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": int(count)}
+
+
+def context_length(model: Any, tok: Any) -> int:
+    config = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    value = getattr(tok, "model_max_length", None)
+    return value if isinstance(value, int) and 1 < value < 1_000_000 else 1024
+
+
+def _perplexity(model: Any, blocks: Any, batch_size: int, eos_id: int | None, document_aware: bool) -> dict:
+    from llmforge.perplexity import perplexity
+
+    return perplexity(model, blocks, batch_size=batch_size, eos_id=eos_id, document_aware=document_aware)
+
+
+def _eos_id(model: Any, tok: Any) -> int | None:
+    eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    return eos if eos is not None else getattr(tok, "eos_token_id", None)
+
+
+# --- models and run directories ------------------------------------------------------------------------
+
+
+def locate(path: str | Path) -> tuple[Path, Path | None]:
+    """(model dir, run dir or None): a run dir means its latest finished model (finetune/final if
+    complete, else train/final); a model dir inside a run (train/final, model/, a checkpoint) keeps
+    its run, whose validation blocks then give the perplexity."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"'{p}' does not exist. Pass an HF model dir or an llmforge run dir.")
+    if _is_run(p):
+        for stage in ("finetune", "train"):
+            if rundir.is_complete(p / stage / "final"):
+                return p / stage / "final", p
+        raise RunDirError(f"{p} is an llmforge run without a finished model (train/final). Run the recipe first.")
+    if p.name in ("train", "finetune") and _is_run(p.parent) and (p / "final").is_dir():
+        return p / "final", p.parent
+    return p, next((a for a in list(p.resolve().parents)[:3] if _is_run(a)), None)
+
+
+def _is_run(p: Path) -> bool:
+    return (p / "recipe.yaml").is_file() and (p / "data").is_dir()
+
+
+def _load(model_dir: Path, tokenizer: Any) -> tuple[Any, Any]:
+    """The model (on the GPU when there is one) and its tokenizer, loaded once."""
+    import torch
+
+    from llmforge.generate import load
+
+    model, tok = load(model_dir)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    return model, tokenizer if tokenizer is not None else tok
+
+
+def _in_memory(model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    if tokenizer is None:
+        raise ConfigError("evaluate() of a model object needs its tokenizer: evaluate(model, tokenizer=tok, ...).")
+    model.eval()
+    return model, tokenizer
+
+
+def _run_validation(run_dir: Path) -> tuple[Any, bool]:
+    """The run's packed validation blocks and whether training was document-aware (None if absent)."""
+    blocks_dir = run_dir / "data" / "blocks"
+    if not rundir.is_complete(blocks_dir):
+        return None, True
+    import datasets
+
+    try:
+        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        recipe = {}
+    document_aware = bool((recipe.get("train") or {}).get("document_aware", True))
+    return datasets.load_from_disk(str(blocks_dir))["validation"], document_aware
+
+
+# --- results: the table, results.json, results.md ------------------------------------------------------
+
+
+def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the comparison table: one column per model, a difference column for two."""
+    labels = list(dict.fromkeys(label for r in results for label in r["table"]))
+    header = ["metric", *(r["model"] for r in results)]
+    if len(results) == 2:
+        header.append("difference")
+    rows = []
+    for label in labels:
+        values = [r["table"].get(label) for r in results]
+        row = [label, *(_fmt(label, v) for v in values)]
+        if len(results) == 2:
+            a, b = values
+            row.append(_fmt(label, b - a, signed=True) if a is not None and b is not None else "-")
+        rows.append(row)
+    return header, rows
+
+
+def rich_table(results: list[dict[str, Any]], title: str = "llmforge eval") -> Any:
+    from rich.table import Table
+
+    header, rows = table_rows(results)
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def markdown(results: list[dict[str, Any]], include_path: Path | None = None) -> str:
+    header, rows = table_rows(results)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    notes = [
+        f"- {name}: lm-eval {', '.join(info['tasks'])} over {info['source']}"
+        for r in results
+        for name, info in r.get("benchmarks", {}).items()
+    ]
+    text = "\n".join(lines) + "\n"
+    if notes:
+        text += "\n" + "\n".join(dict.fromkeys(notes)) + "\n"
+    if include_path is not None and any(r.get("benchmarks") for r in results):
+        tasks = ",".join(dict.fromkeys(t for r in results for b in r["benchmarks"].values() for t in b["tasks"]))
+        text += (
+            f"\nThe same scores from lm-eval alone: `lm_eval --model hf --model_args pretrained=MODEL_DIR "
+            f"--include_path {include_path} --tasks {tasks}`\n"
+        )
+    return text
+
+
+def write_results(out: str | Path, results: list[dict[str, Any]], include_path: Path | None = None) -> None:
+    """results.json (everything, one entry per model) and results.md (the table), written atomically."""
+    out = Path(out)
+    rundir.write_json(out / "results.json", results[0] if len(results) == 1 else {"models": results})
+    rundir.write_text(out / "results.md", markdown(results, include_path))
+
+
+def _fmt(label: str, value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    digits = 2 if "perplexity" in label else 4
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def _check_args(limit: int | None, num_fewshot: int | None, batch_size: int) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be at least 1 (examples per task), got {limit}.")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise ConfigError(f"num_fewshot must be 0 or more, got {num_fewshot}.")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}.")
+
+
+def _data_dir(data_dir: str | Path | None) -> Path | None:
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"Benchmark data dir '{path}' does not exist. It holds one folder per benchmark "
+            "(mmlu/, hellaswag/); see examples/data/benchmarks for the layout."
+        )
+    return path.resolve()
+
+
+def _resolve(name: str, bench: Any, data_dir: Path | None, workdir: Path) -> TaskSet:
+    taskset = bench.resolve(data_dir, workdir)
+    if not isinstance(taskset, TaskSet) or not taskset.tasks:
+        raise LlmforgeError(f"Benchmark '{name}' resolved to no lm-eval task; its plugin must return a TaskSet.")
+    return taskset
+
+
+@contextlib.contextmanager
+def _workdir(workdir: str | Path | None) -> Iterator[Path]:
+    if workdir is not None:
+        path = Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="llmforge-eval-") as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval logs every task override and a warning for in-memory models, and transformers warns about
+    prompts that lm-eval truncates on purpose: keep errors only."""
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("lm_eval")
+    level, hf_level = logger.level, hf_logging.get_verbosity()
+    logger.setLevel(max(level, logging.ERROR))
+    hf_logging.set_verbosity(max(hf_level, hf_logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        hf_logging.set_verbosity(hf_level)
+
+
+def _raised_in(exc: BaseException, function: str) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == function
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,109 @@
+"""Evaluate stage: lm-eval benchmarks and validation perplexity of the run's finished model.
+
+Scores the model the earlier stage left in memory (no reload), or loads it once when that stage was
+up to date. Writes `eval/results.json` (lm-eval's full output, perplexity, the table) and
+`eval/results.md` (the table), with the generated lm-eval task folders in `eval/tasks/` so that plain
+`lm_eval --include_path eval/tasks` reproduces the scores.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from pathlib import Path
+from typing import Any
+
+from llmforge import rundir
+from llmforge.config import EvaluateConfig
+from llmforge.context import Context
+from llmforge.errors import ConfigError
+from llmforge.evaluate import evaluate, markdown, rich_table
+from llmforge.stages import data
+
+ARTEFACT = "eval"
+
+
+def enabled(recipe: Any) -> bool:
+    return recipe.evaluate is not None
+
+
+def describe(out: dict[str, Any]) -> str:
+    """The headline numbers: MMLU overall, HellaSwag acc_norm, perplexity (categories stay in the table)."""
+    shown = [
+        f"{label} {value:.2f}" if "perplexity" in label else f"{label} {value:.3f}"
+        for label, value in (out.get("table") or {}).items()
+        if value is not None and not label.startswith("MMLU ") and label != "HellaSwag acc"
+    ]
+    return f"{out.get('model', '')}: {', '.join(shown[:4])}" if shown else ""
+
+
+def fingerprint(ctx: Context) -> str:
+    cfg: EvaluateConfig = ctx.recipe.evaluate
+    stage = model_stage(ctx)
+    local = [p for p in Path(cfg.data_dir).rglob("*") if p.is_file()] if cfg.data_dir else []
+    plugins = {
+        name: ctx.plugins.registries["benchmark"].owner(name)
+        for name in cfg.benchmarks
+        if name in ctx.plugins.registries["benchmark"].names()
+    }
+    versions = {info.name: info.version for info in ctx.plugins.infos if info.name in plugins.values()}
+    return rundir.fingerprint(
+        "evaluate", vars(cfg), ctx.fingerprints[stage], rundir.file_stats(local), md.version("lm_eval"), versions
+    )
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg: EvaluateConfig = ctx.recipe.evaluate
+    stage = model_stage(ctx)
+    model_dir = ctx.path(stage, "final")
+    model, tok = in_memory(ctx, stage)
+    blocks = data.blocks(ctx)["validation"] if cfg.perplexity else None
+    info: dict[str, Any] = {}  # filled below; the manifest is written when the block ends
+    with rundir.atomic_dir(ctx.path(ARTEFACT), ctx.fingerprints["evaluate"], info) as tmp:
+        results = evaluate(
+            model,
+            tasks=cfg.benchmarks,
+            data_dir=cfg.data_dir,
+            limit=cfg.limit,
+            num_fewshot=cfg.num_fewshot,
+            batch_size=cfg.batch_size,
+            tokenizer=tok,
+            perplexity=cfg.perplexity,
+            blocks=blocks,
+            document_aware=ctx.recipe.train.document_aware,
+            workdir=tmp / "tasks",
+            plugins=ctx.plugins,
+            console=ctx.console,
+        )
+        results["model"] = f"{stage}/final"
+        results["model_dir"] = str(model_dir)
+        rundir.write_json(tmp / "results.json", results)
+        rundir.write_text(tmp / "results.md", markdown([results], ctx.path(ARTEFACT, "tasks")))
+        info.update(model=results["model"], table=results["table"])
+    ctx.console.print(rich_table([results], title=f"evaluation of {stage}/final"))
+    return info
+
+
+def model_stage(ctx: Context) -> str:
+    """The stage whose model `evaluate.model` names: latest is finetune when the recipe has it."""
+    choice = ctx.recipe.evaluate.model
+    has_finetune = "finetune" in ctx.fingerprints
+    if choice == "finetune" and not has_finetune:
+        raise ConfigError("evaluate.model is 'finetune' but the recipe has no finetune stage. Use latest or train.")
+    if choice == "latest":
+        return "finetune" if has_finetune else "train"
+    return choice
+
+
+def in_memory(ctx: Context, stage: str) -> tuple[Any, Any]:
+    """The model the stage left in memory in this process, else loaded once from its final dir."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from llmforge.generate import load
+
+    model_dir = ctx.path(stage, "final")
+    model = ctx.cache.get("models", {}).get(stage)
+    if model is None:
+        model, tok = load(model_dir)
+        return (model.to("cuda") if torch.cuda.is_available() else model), tok
+    return model, AutoTokenizer.from_pretrained(str(model_dir))
