@@ -30,6 +30,13 @@ CHAT = [
     {"role": "assistant", "content": "Elizabeth's elder sister."},
 ]
 
+OWN = (  # a Zephyr-like template whose turns end with the tokenizer's EOS, with generation markers
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' }}"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + eos_token }}{% endgeneration %}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
 
 def tiny_tokenizer(text: str, vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer like the tokenizer stage trains (EOS doubles as BOS)."""

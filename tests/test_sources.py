@@ -508,6 +508,62 @@ def test_hub_missing_dataset_hint_without_offline_env(tmp_path, hub_offline, mon
     assert "Check the name, config and split, and your network." in str(info.value)
 
 
+# --- text_column: null keeps every column (the finetune stage's rows) -------------------------------
+
+
+ROWS = [
+    {"instruction": "Name a colour.", "output": "Blue."},
+    {"instruction": "Opposite?", "input": "hot", "output": "Cold.", "id": 7},
+]
+
+
+def test_all_columns_from_jsonl_with_fields_missing_in_the_first_row(tmp_path):
+    f = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    ds = src.load_jsonl(DataConfig(source="jsonl", path=str(f), text_column=None))
+    assert ds.column_names == ["instruction", "output", "input", "id"]
+    assert ds[0] == {"instruction": "Name a colour.", "output": "Blue.", "input": None, "id": None}
+    assert ds[1]["input"] == "hot" and ds[1]["id"] == 7
+
+
+def test_all_columns_keep_nested_conversations(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}]
+    f = write(tmp_path / "c.json", json.dumps(rows))
+    ds = src.load_json(DataConfig(source="json", path=str(f), text_column=None))
+    assert ds[0]["messages"][1] == {"role": "assistant", "content": "Hello."}
+
+
+def test_all_columns_from_parquet_and_csv(tmp_path):
+    pq_file = write_parquet(tmp_path / "p.parquet", {"instruction": ["Q"], "output": ["A."]})
+    ds = src.load_parquet(DataConfig(source="parquet", path=str(pq_file), text_column=None))
+    assert ds[0] == {"instruction": "Q", "output": "A."}
+    csv_file = write(tmp_path / "c.csv", "instruction,output\nQ,A.\n")
+    ds = src.load_csv(DataConfig(source="csv", path=str(csv_file), text_column=None))
+    assert ds[0] == {"instruction": "Q", "output": "A."}
+
+
+def test_all_columns_of_a_text_file_is_its_text(tmp_path):
+    f = write(tmp_path / "a.txt", "One.\n\nTwo.")
+    ds = src.load_text(DataConfig(path=str(f), documents="paragraph", text_column=None))
+    assert ds.column_names == ["text"] and texts(ds) == ["One.", "Two."]
+
+
+def test_a_field_of_mixed_types_is_named(tmp_path):
+    f = write_jsonl(tmp_path / "m.jsonl", [{"q": "a", "n": 1}, {"q": "b", "n": "two"}])
+    msg = data_error(src.load_jsonl, source="jsonl", path=str(f), text_column=None)
+    assert msg.startswith(f"Field 'n' of {f} holds values of different types in different rows")
+
+
+def test_pretraining_refuses_a_null_text_column(tmp_path, corpus_file):
+    from conftest import tiny_recipe_dict
+    from llmforge import Recipe
+    from llmforge.errors import ConfigError
+
+    recipe = tiny_recipe_dict(corpus_file)
+    recipe["data"]["text_column"] = None
+    with pytest.raises(ConfigError, match="data.text_column is null, but pretraining reads one text column"):
+        Recipe.from_dict(recipe).run(tmp_path / "run")
+
+
 # --- registration ---------------------------------------------------------------------------------
 
 

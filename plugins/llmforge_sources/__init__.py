@@ -2,7 +2,9 @@
 
 Registered through the `llmforge` entry-point group like any third-party plugin. Each source returns
 a `datasets.Dataset` (or `IterableDataset` when streaming) with one row per document; the core picks
-the `text_column`, drops empty documents and splits train/validation.
+the `text_column`, drops empty documents and splits train/validation. With `text_column: null` a
+source keeps every column of each row (the fine-tuning formats read instruction/input/output,
+conversations, messages, ...).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow as pa
 
 from llmforge import hookimpl
 from llmforge.config import DataConfig
@@ -82,6 +85,7 @@ def read_text_file(path: Path, encoding: str) -> str:
 
 def load_text(config: DataConfig) -> datasets.Dataset:
     docs: list[str] = []
+    column = config.text_column or "text"  # a text file has one column whatever is asked
     for path in expand_paths(config, TEXT_SUFFIXES):
         text = read_text_file(path, config.encoding).replace("\r\n", "\n")
         if config.documents == "file":
@@ -90,7 +94,7 @@ def load_text(config: DataConfig) -> datasets.Dataset:
             docs += [para.strip() for para in text.split("\n\n")]
         else:
             docs += text.split("\n")
-    return datasets.Dataset.from_dict({config.text_column: docs})
+    return datasets.Dataset.from_dict({column: docs})
 
 
 def load_jsonl(config: DataConfig) -> datasets.Dataset:
@@ -111,7 +115,7 @@ def load_jsonl(config: DataConfig) -> datasets.Dataset:
             if not isinstance(row, dict):
                 raise DataError(f"'{path}' line {lineno} is a JSON {type(row).__name__}, not an object.")
             texts.append(_text_of(row, config, f"'{path}' line {lineno}"))
-    return datasets.Dataset.from_dict({config.text_column: texts})
+    return _dataset(texts, config)
 
 
 def load_json(config: DataConfig) -> datasets.Dataset:
@@ -132,14 +136,17 @@ def load_json(config: DataConfig) -> datasets.Dataset:
                 "set data.options.field to the key of the array."
             )
         texts += [_text_of(row, config, f"Row {i} of '{path}'") for i, row in enumerate(data, start=1)]
-    return datasets.Dataset.from_dict({config.text_column: texts})
+    return _dataset(texts, config)
 
 
-def _text_of(row: Any, config: DataConfig, where: str) -> str | None:
-    """The text field of one JSON row (only that field is kept, so extra fields cannot break the schema)."""
+def _text_of(row: Any, config: DataConfig, where: str) -> Any:
+    """The text field of one JSON row (only that field is kept, so extra fields cannot break the schema),
+    or the whole row when `text_column` is null."""
     col = config.text_column
     if not isinstance(row, dict):
         raise DataError(f"{where} is a {type(row).__name__}, not an object.")
+    if col is None:
+        return row
     if col not in row:
         raise DataError(
             f"{where} has no field '{col}' (data.text_column). Its fields: {', '.join(sorted(row)) or 'none'}."
@@ -156,6 +163,26 @@ def _check_text(t: Any, config: DataConfig, where: str) -> None:
         )
 
 
+def _dataset(values: list[Any], config: DataConfig) -> datasets.Dataset:
+    """One text column, or with `text_column` null every field of every row (a missing field is null)."""
+    if config.text_column is not None:
+        return datasets.Dataset.from_dict({config.text_column: values})
+    fields = dict.fromkeys(key for row in values for key in row)  # the first row's keys are not all keys
+    columns = {key: [row.get(key) for row in values] for key in fields}
+    try:
+        return datasets.Dataset.from_dict(columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        for key, column in columns.items():  # name the field that mixes types
+            try:
+                pa.array(column)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                raise DataError(
+                    f"Field '{key}' of {config.path} holds values of different types in different rows ({exc}). "
+                    "Make the field one type in every row."
+                ) from exc
+        raise DataError(f"The rows of {config.path} cannot form one table: {exc}") from exc
+
+
 def load_parquet(config: DataConfig) -> datasets.Dataset:
     import pyarrow.parquet as pq
 
@@ -165,6 +192,9 @@ def load_parquet(config: DataConfig) -> datasets.Dataset:
             schema = pq.read_schema(path)
         except Exception as exc:
             raise DataError(f"'{path}' is not a readable Parquet file: {exc}.") from exc
+        if config.text_column is None:
+            texts += pq.read_table(path).to_pylist()
+            continue
         if config.text_column not in schema.names:
             raise DataError(
                 f"'{path}' has no column '{config.text_column}' (data.text_column). "
@@ -174,7 +204,7 @@ def load_parquet(config: DataConfig) -> datasets.Dataset:
         for i, t in enumerate(column, start=1):
             _check_text(t, config, f"Row {i} of '{path}'")
         texts += column
-    return datasets.Dataset.from_dict({config.text_column: texts})
+    return _dataset(texts, config)
 
 
 def load_csv(config: DataConfig) -> datasets.Dataset:
@@ -193,13 +223,16 @@ def load_csv(config: DataConfig) -> datasets.Dataset:
             raise DataError(f"'{path}' is empty: it has no header row and no data.") from exc
         except pd.errors.ParserError as exc:
             raise DataError(f"'{path}' is not valid CSV: {exc}") from exc
+        if config.text_column is None:
+            texts += frame.to_dict("records")
+            continue
         if config.text_column not in frame.columns:
             raise DataError(
                 f"'{path}' has no column '{config.text_column}' (data.text_column). "
                 f"Its columns: {', '.join(map(str, frame.columns))}."
             )
         texts += frame[config.text_column].tolist()
-    return datasets.Dataset.from_dict({config.text_column: texts})
+    return _dataset(texts, config)
 
 
 def load_hub(config: DataConfig) -> datasets.Dataset | datasets.IterableDataset:

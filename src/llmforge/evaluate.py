@@ -357,7 +357,7 @@ def _run_validation(run_dir: Path) -> tuple[Any, bool]:
 def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table: one column per model, a difference column for two."""
     labels = list(dict.fromkeys(label for r in results for label in r["table"]))
-    header = ["metric", *(r["model"] for r in results)]
+    header = ["metric", *column_names([r["model"] for r in results])]
     if len(results) == 2:
         header.append("difference")
     rows = []
@@ -371,13 +371,28 @@ def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     return header, rows
 
 
+def column_names(models: list[str]) -> list[str]:
+    """Model names without the folder they share (runs/x/train/final, runs/x/finetune/final -> train/final, ...)."""
+    if len(models) < 2 or len(set(models)) < len(models):
+        return models
+    try:
+        common = os.path.commonpath(models)
+    except ValueError:  # absolute and relative paths mixed
+        return models
+    if not common or common in models:
+        return models
+    return [os.path.relpath(m, common) for m in models]
+
+
 def rich_table(results: list[dict[str, Any]], title: str = "llmforge eval") -> Any:
     from rich.table import Table
 
     header, rows = table_rows(results)
-    table = Table(title=title)
+    models = [r["model"] for r in results]
+    shared = os.path.commonpath(models) if column_names(models) != models else None
+    table = Table(title=title, caption=f"models in {shared}" if shared else None)
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right")
+        table.add_column(name, justify="left" if i == 0 else "right", overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
@@ -392,6 +407,9 @@ def markdown(results: list[dict[str, Any]], include_path: Path | None = None) ->
         for r in results
         for name, info in r.get("benchmarks", {}).items()
     ]
+    models = [r["model"] for r in results]
+    if column_names(models) != models:
+        notes.insert(0, f"- models in {os.path.commonpath(models)}")
     text = "\n".join(lines) + "\n"
     if notes:
         text += "\n" + "\n".join(dict.fromkeys(notes)) + "\n"

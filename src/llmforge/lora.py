@@ -85,6 +85,15 @@ def target_modules(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:
     return list(targets)
 
 
+def check_targets(base: str, cfg: LoraConfig) -> None:
+    """Check the targets against the base's modules before anything is written (weights not loaded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    target_modules(model, cfg)
+
+
 def adaptable_modules(model: torch.nn.Module) -> list[str]:
     """Distinct leaf names of the modules LoRA can wrap (linear, Conv1D, embedding, convolution)."""
     from transformers.pytorch_utils import Conv1D

@@ -56,7 +56,8 @@ def test_two_models_in_one_table_with_the_difference(run_dir, tmp_path):
     assert f"{base['validation perplexity']:.2f}" in line and f"{difference:+.2f}" in line
     assert results[0]["lm_eval"]["results"]["hellaswag"]["sample_len"] == 4
     markdown = (out / "results.md").read_text()
-    assert markdown.startswith("| metric |") and "| difference |" in markdown
+    assert markdown.startswith("| metric | model | train/final | difference |")  # the folder they share goes
+    assert f"- models in {run_dir}" in markdown and "models in" in done.stdout  # into a note, not every column
     assert f"| validation perplexity | {base['validation perplexity']:.2f} |" in markdown
     assert (out / "tasks" / "hellaswag" / "hellaswag.yaml").is_file()
 

@@ -42,7 +42,7 @@ from llmforge.config import DataConfig, FinetuneConfig, from_mapping
 from llmforge.context import Context
 from llmforge.conversations import Example, ExampleBuilder, Installed, Problem, Report, install_template
 from llmforge.errors import ConfigError, DataError
-from llmforge.lora import apply_lora, parameter_counts
+from llmforge.lora import apply_lora, check_targets, parameter_counts
 from llmforge.packing import DocumentMaskGuard, ExampleCollator, pack
 from llmforge.plugins import Plugins
 from llmforge.stages import data
@@ -116,6 +116,8 @@ def run(ctx: Context) -> dict[str, Any]:
     cfg: FinetuneConfig = ctx.recipe.finetune
     validate(cfg, "finetune")
     base = base_dir(cfg, ctx.run_dir)
+    if cfg.lora is not None:
+        check_targets(base, cfg.lora)  # a wrong target module is reported before anything is written
     tok, installed = load_tokenizer(base, cfg, ctx.plugins)
     examples = prepare(ctx, tok, installed, base)
     shorter = "finetune.max_length" if cfg.packing else "finetune.max_length or the longest examples"

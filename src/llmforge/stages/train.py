@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, EarlyStoppingCallback, Trainer, T
 from transformers.trainer_callback import PrinterCallback
 
 from llmforge import rundir
+from llmforge.allocator import keep_freed_memory
 from llmforge.callbacks import LlmforgeCallback, checkpoints, complete_checkpoints, truncate_metrics
 from llmforge.config import TrainConfig
 from llmforge.context import Context
@@ -27,7 +28,7 @@ from llmforge.errors import ConfigError, RunDirError, TrainingError
 from llmforge.packing import DocumentMaskGuard, PackedCollator
 from llmforge.stages import data
 from llmforge.stages.tokenizer import load_tokenizer
-from llmforge.trainer import LlmforgeTrainer
+from llmforge.trainer import LlmforgeTrainer, fused_loss_supported
 
 ARTEFACT = "train/final"
 
@@ -94,6 +95,8 @@ def retry_on_oom(
 
 def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]:
     """One attempt at training: build the Trainer, resume if a checkpoint fits, train, save."""
+    if cfg.keep_freed_memory and not torch.cuda.is_available():
+        keep_freed_memory()
     ckpt_dir = ctx.path("train", "checkpoints")
     resume = resume_point(ckpt_dir, compat_fingerprint(ctx), ctx)
     model = AutoModelForCausalLM.from_pretrained(
@@ -106,7 +109,15 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
     world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * T * world
     steps = planned_steps(cfg, len(blocks["train"]), world)
-    args = training_arguments(cfg, ckpt_dir, steps)
+    compile_body = cfg.torch_compile and cfg.fused_loss and world == 1 and fused_loss_supported(model)
+    if compile_body:  # the fused loss calls the body directly, so compile the body, not the wrapper
+        model.base_model.compile()
+    args = training_arguments(
+        dataclasses.replace(cfg, torch_compile=cfg.torch_compile and not compile_body),
+        ckpt_dir,
+        steps,
+        width=ctx.recipe.model.n_embd,
+    )
     callback = LlmforgeCallback(
         "train",
         ctx.run_dir,
@@ -206,6 +217,11 @@ def validate(cfg: TrainConfig, where: str = "train") -> None:
     for key in ("eval_every", "save_every"):
         if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
             raise ConfigError(f"{where}.{key} must be at least 1, got {getattr(cfg, key)}.")
+    if cfg.early_stopping and cfg.save_every and cfg.save_every % cfg.eval_every:
+        raise ConfigError(
+            f"{where}.early_stopping keeps the best evaluated checkpoint, so {where}.save_every ({cfg.save_every}) "
+            f"must be a multiple of {where}.eval_every ({cfg.eval_every}); leave save_every out to save at each one."
+        )
 
 
 def planned_steps(cfg: TrainConfig, n_blocks: int, world: int) -> int:
@@ -215,16 +231,22 @@ def planned_steps(cfg: TrainConfig, n_blocks: int, world: int) -> int:
     return max(1, math.ceil(per_epoch * cfg.epochs))
 
 
-def precision_flags(precision: str) -> dict[str, bool]:
+CPU_BF16_MIN_WIDTH = 512  # below this, bf16 autocast on a CPU measured no faster than fp32 (performance.md)
+
+
+def precision_flags(precision: str, width: int | None = None) -> dict[str, bool]:
     """bf16/fp16 flags for TrainingArguments, or a clear error where the hardware cannot."""
     cuda = torch.cuda.is_available()
     if precision == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if cuda else _cpu_has_bf16()
-        return {"bf16": bf16, "fp16": False}
+        if cuda:
+            return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
+        return {"bf16": _cpu_has_bf16() and (width or 0) >= CPU_BF16_MIN_WIDTH, "fp16": False}
     if precision == "fp16" and not cuda:
         raise TrainingError("train.precision fp16 needs a CUDA GPU. Use bf16 (or auto) on a CPU, or fp32.")
     if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
         raise TrainingError("This GPU has no bf16 support. Use train.precision fp16 or fp32.")
+    if precision == "bf16" and not cuda and not _cpu_has_bf16():
+        raise TrainingError("This CPU has no bf16 support (avx512_bf16/AMX). Use train.precision fp32.")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
@@ -235,7 +257,7 @@ def _cpu_has_bf16() -> bool:
         return False
 
 
-def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int) -> TrainingArguments:
+def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int, width: int | None = None) -> TrainingArguments:
     warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
     evaluate = cfg.eval_every is not None
     save_every = cfg.save_every or (cfg.eval_every if cfg.early_stopping else None)
@@ -273,7 +295,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int) -> Traini
         use_cache=False,
         logging_nan_inf_filter=False,  # a NaN must show, not be averaged away
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
-        **precision_flags(cfg.precision),
+        **precision_flags(cfg.precision, width),
     )
 
 

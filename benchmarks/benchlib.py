@@ -1,0 +1,85 @@
+"""Shared pieces of the benchmarks: the machine, a measured matmul peak, target lines, subprocess runs.
+
+Each benchmark measures its contenders in one script run (absolute times on a shared machine are
+not stable; ratios measured minutes apart are) and ends with one line per target:
+`NAME: VALUE (target OP VALUE) PASS|MISS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "examples" / "data" / "corpus"
+
+
+def machine(threads: int) -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, python "
+        f"{platform.python_version()}; {threads} torch thread(s); load average {load:.2f} at start"
+    )
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    """Best FLOP/s of an n x n matmul in `dtype` over a few seconds (the MFU denominator)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def target(name: str, value: float, op: str, goal: float, fmt: str = "{:.3g}") -> str:
+    ok = value >= goal if op == ">=" else value <= goal
+    return f"{name}: {fmt.format(value)} (target {op} {fmt.format(goal)}) {'PASS' if ok else 'MISS'}"
+
+
+def run_contender(script: str, name: str, args: list[str], threads: int, timeout: int = 3600) -> dict:
+    """Run one contender in a fresh process (no allocator or compile state leaks between them)."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "true",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, script, "--contender", name, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"contender {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise SystemExit(f"contender {name} printed no RESULT line:\n{proc.stdout[-2000:]}")
+
+
+def emit(result: dict) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def corpus_text() -> str:
+    return "\n\n".join(p.read_text(encoding="utf-8") for p in sorted(CORPUS.glob("*.txt")))

@@ -1,0 +1,149 @@
+"""LoRA through peft (llmforge/lora.py): targets, new-token rows, merge, adapters saved beside their base."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from rich.console import Console
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+import llmforge
+from chat_helpers import INSTRUCT, tiny_base
+from llmforge.config import FinetuneConfig, LoraConfig
+from llmforge.errors import ConfigError
+from llmforge.generate import load
+from llmforge.lora import apply_lora, parameter_counts, target_modules
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+def gpt2(vocab: int = 300) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+
+
+def llama(tied: bool) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=tied,
+    )
+    return LlamaForCausalLM(config)
+
+
+def test_default_targets_per_architecture():
+    assert target_modules(gpt2(), LoraConfig()) == ["c_attn", "c_proj"]
+    assert target_modules(llama(True), LoraConfig()) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert target_modules(gpt2(), LoraConfig(target_modules=["c_fc"])) == ["c_fc"]
+
+
+def test_trainable_parameters_are_the_adapters():
+    model = apply_lora(gpt2(), LoraConfig(r=4))
+    trainable, total = parameter_counts(model)
+    # r * (in + out) per adapted matrix: c_attn 32->96, attn.c_proj 32->32, mlp.c_proj 128->32
+    assert trainable == 4 * (32 + 96) + 4 * (32 + 32) + 4 * (128 + 32) == 1408
+    assert total == sum(p.numel() for p in gpt2().parameters()) + trainable
+
+
+def test_missing_target_module_lists_the_models_modules():
+    with pytest.raises(ConfigError) as info:
+        apply_lora(gpt2(), LoraConfig(target_modules=["q_proj", "c_attn"]))
+    msg = str(info.value)
+    assert "finetune.lora.target_modules ['q_proj'] name(s) no module of this gpt2 model." in msg
+    assert "Its modules that LoRA can adapt: c_attn, c_fc, c_proj, lm_head, wpe, wte." in msg
+
+
+def test_merge_gives_a_plain_model_with_the_same_outputs(tmp_path):
+    model = apply_lora(gpt2(), LoraConfig(r=4, dropout=0.0))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a trained-looking adapter
+    ids = torch.randint(0, 300, (1, 10))
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        merged = model.merge_and_unload()
+        assert type(merged) is GPT2LMHeadModel
+        merged.save_pretrained(tmp_path)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+        assert torch.allclose(reloaded(input_ids=ids).logits, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_new_token_rows_train_and_old_rows_stay(tied):
+    base = llama(tied)
+    base.resize_token_embeddings(302, mean_resizing=False)
+    before_in = base.get_input_embeddings().weight.detach().clone()
+    before_out = base.get_output_embeddings().weight.detach().clone()
+    model = apply_lora(base, LoraConfig(r=4), new_token_ids=[300, 301])
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    ids = torch.tensor([[1, 2, 300, 301, 3]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    merged = model.merge_and_unload()
+    after_in, after_out = merged.get_input_embeddings().weight, merged.get_output_embeddings().weight
+    assert torch.equal(after_in[:300], before_in[:300])
+    assert not torch.allclose(after_in[300:], before_in[300:])
+    assert torch.equal(after_out[:300], before_out[:300])
+    assert not torch.allclose(after_out[300:], before_out[300:])  # the model can learn to write them
+
+
+# --- through the finetune stage ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, corpus_text):
+    return tiny_base(tmp_path_factory.mktemp("lora") / "base", corpus_text)
+
+
+def finetune(base, out, **lora):
+    cfg = FinetuneConfig(
+        path=str(INSTRUCT / "alpaca.jsonl"),
+        max_examples=40,
+        max_steps=4,
+        batch_size=8,
+        lr=1e-2,
+        log_every=2,
+        lora=LoraConfig(r=4, alpha=8, **lora),
+    )
+    console = Console(record=True, width=200)
+    llmforge.finetune(base, cfg, out, console=console)
+    return console.export_text()
+
+
+def test_finetune_with_lora_merged_writes_a_plain_dir(base, tmp_path):
+    printed = finetune(base, tmp_path / "run")
+    assert "training 1,472 of" in printed and "LoRA r=4 on c_attn, c_proj + 2 new token rows" in printed
+    final = tmp_path / "run" / "finetune" / "final"
+    assert (final / "config.json").is_file() and not (final / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tok = AutoTokenizer.from_pretrained(final)
+    assert model.get_input_embeddings().num_embeddings == len(tok) == 402
+    assert model.generation_config.eos_token_id == [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]
+
+
+def test_finetune_with_lora_not_merged_saves_the_adapter_naming_its_base(base, tmp_path):
+    finetune(base, tmp_path / "run", merge=False)
+    final = tmp_path / "run" / "finetune" / "final"
+    assert not (final / "config.json").exists()
+    adapter = json.loads((final / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(base.resolve())
+    ids = torch.tensor([[5, 6, 400, 401, 7]])
+    model, tok = load(final)  # llmforge: base + resized rows + adapter
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+    # the same with peft alone, as docs/finetuning.md tells a user
+    plain = AutoModelForCausalLM.from_pretrained(adapter["base_model_name_or_path"])
+    plain.resize_token_embeddings(len(AutoTokenizer.from_pretrained(final)))
+    plain = PeftModel.from_pretrained(plain, final).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, ours, atol=1e-5)
+    assert model.generation_config.eos_token_id == [401, tok.eos_token_id]
