@@ -92,7 +92,7 @@ def test_config_error_is_an_llmforge_error():
         (TrainConfig, "torch_compile", "yes", "'train.torch_compile' must be true or false, got 'yes' (str)."),
         (TrainConfig, "torch_compile", 1, "'train.torch_compile' must be true or false, got 1 (int)."),
         (TrainConfig, "max_steps", "10", "'train.max_steps' must be an integer or null, got '10' (str)."),
-        (ModelConfig, "arch", 2, "'model.arch' must be a string, got 2 (int)."),
+        (ModelConfig, "arch", 2, "'model.arch' must be a string or null, got 2 (int)."),
         (ModelConfig, "extra", ["a"], "'model.extra' must be a mapping, got ['a'] (list)."),
         (
             TrainConfig,

@@ -18,16 +18,17 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, pipeline
 
 import llmforge
-from chat_helpers import INSTRUCT, registry, tiny_base, tiny_tokenizer
+from chat_helpers import INSTRUCT, registry, tiny_base, tiny_tokenizer, write_jsonl
 from conftest import tiny_recipe_dict
 from llmforge import Recipe, Run
 from llmforge.cli import main
 from llmforge.config import FinetuneConfig
 from llmforge.conversations import install_template
+from llmforge.errors import ConfigError
 from llmforge.generate import chat, load
 from llmforge.packing import ExampleCollator
 from llmforge.plugins import get_plugins
-from llmforge.stages.finetune import build_examples, show_example
+from llmforge.stages.finetune import build_examples, show_example, summary_lines
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 QUIET = Console(file=open(os.devnull, "w"), width=120)  # noqa: SIM115 - lives as long as the tests
@@ -138,11 +139,7 @@ def test_finetune_only_recipe_trains_a_model_that_stops_at_its_end_of_turn(tmp_p
     assert main(["run", str(recipe), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "finetune" in printed and "data " not in printed and "train " not in printed
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "finetune",
-        "metrics.jsonl",
-        "recipe.yaml",
-    ]
+    assert not any((out / stage).exists() for stage in ("data", "tokenizer", "model", "train"))  # finetune only
     final = out / "finetune" / "final"
     model, tok = load(final)
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -314,3 +311,22 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, base, capsys,
     assert err.startswith("llmforge error:") and "Traceback" not in err
     assert __import__("re").search(message, " ".join(err.split())), err
     assert not (out / "finetune").exists()
+
+
+def test_a_finetune_only_recipe_needs_a_base():
+    with pytest.raises(ConfigError, match="has a finetune block and no pretraining blocks: set finetune.base"):
+        Recipe.from_dict({"name": "x", "finetune": {"path": "qa.jsonl"}})
+    recipe = Recipe.from_dict({"name": "x", "finetune": {"path": "qa.jsonl", "base": "models/base"}})
+    assert (recipe.data, recipe.tokenizer, recipe.model, recipe.train) == (None, None, None, None)
+    assert Recipe.from_dict(yaml.safe_load(recipe.to_yaml())) == recipe  # the run dir's recipe.yaml reads back
+
+
+def test_the_stage_reports_the_rows_it_drops(tmp_path, chatml_tok):
+    rows = [json.loads(line) for line in ALPACA.read_text().splitlines()[:10]]
+    rows += [{"instruction": "Q?", "output": ""}, {"instruction": " ", "output": "A."}]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    _, stats = examples(chatml_tok, 128, path=str(path), max_examples=None)
+    lines = summary_lines(stats, FinetuneConfig())
+    assert lines[0].startswith("12 rows -> 10 examples (9 train, 1 validation)")
+    assert "dropped 2 row(s) with empty turn: rows 11, 12" in lines
+    assert stats["dropped"]["by_kind"] == {"empty turn": 2}

@@ -130,7 +130,7 @@ def test_unknown_roles_empty_turns_and_no_assistant_are_counted_not_silent(tok):
     assert report.unknown_roles == {"tool": 1, "function": 1}
     assert report.first_rows["unknown role"] == [2, 6]  # row numbers as a person counts them
     lines = report.lines()
-    assert "2 row(s) with unknown role ('tool' x1, 'function' x1), dropped: rows 2, 6" in lines
+    assert "dropped 2 row(s) with unknown role ('tool' x1, 'function' x1): rows 2, 6" in lines
 
 
 def test_single_row_reports_its_problem(tok):

@@ -122,6 +122,7 @@ def test_the_plugin_attaches_only_when_neftune_alpha_is_set():
         neft.NEFTune(-1.0)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_works_on_a_lora_model_with_new_token_rows():
     peft_model = apply_lora(model(), LoraConfig(r=4), new_token_ids=[298, 299])
     noise = neft.NEFTune(ALPHA).attach(peft_model)
@@ -133,3 +134,13 @@ def test_works_on_a_lora_model_with_new_token_rows():
     peft_model(input_ids=ids, attention_mask=torch.ones_like(ids))
     assert noise.attention_mask is not None  # the model's own forward arguments reach the hook
     assert not torch.equal(emb(ids), clean)
+
+
+def test_a_loss_that_calls_the_transformer_body_directly_still_scales_per_example():
+    """llmforge's fused loss runs model.base_model(...) itself; the lengths must still be each example's."""
+    m = model()
+    noise = neft.NEFTune(ALPHA).attach(m)
+    m.train()
+    positions = torch.cat([torch.arange(10), torch.arange(30)]).unsqueeze(0)
+    m.base_model(input_ids=torch.zeros(1, 40, dtype=torch.long), position_ids=positions)
+    assert torch.equal(noise.position_ids, positions)

@@ -60,6 +60,15 @@ def noise(
     return torch.zeros_like(embeds).uniform_(-1, 1) * scale.unsqueeze(-1)
 
 
+def body(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer body under the LM head (GPT2Model, LlamaModel, ...), inside a peft wrapper too.
+
+    Every path into the embeddings goes through it with the batch's keyword arguments: the model's own
+    forward, and a loss that calls the body directly (llmforge's fused loss)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, "base_model", inner)
+
+
 class NEFTune:
     """The two hooks: one remembers the batch's attention mask / position ids, one adds the noise."""
 
@@ -74,7 +83,7 @@ class NEFTune:
     def attach(self, model: torch.nn.Module) -> NEFTune:
         embeddings = model.get_input_embeddings()
         self.handles = [
-            model.register_forward_pre_hook(self.remember, with_kwargs=True),
+            body(model).register_forward_pre_hook(self.remember, with_kwargs=True),
             embeddings.register_forward_hook(self.add_noise),
         ]
         return self

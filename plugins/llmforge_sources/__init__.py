@@ -5,6 +5,11 @@ a `datasets.Dataset` (or `IterableDataset` when streaming) with one row per docu
 the `text_column`, drops empty documents and splits train/validation. With `text_column: null` a
 source keeps every column of each row (the fine-tuning formats read instruction/input/output,
 conversations, messages, ...).
+
+Small corpora are read into memory. Above `STREAM_BYTES` of input, the text and jsonl sources write
+their documents to an on-disk Arrow dataset one document at a time (`Dataset.from_generator`, in
+the `cache_dir` the core passes: `data/source-cache/` of the run), so memory does not grow with the
+corpus; the rows, and so every later result, are the same either way.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from llmforge.config import DataConfig
 from llmforge.errors import DataError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
+STREAM_BYTES = 256 * 2**20  # inputs larger than this are read document by document to disk
 
 
 @hookimpl
@@ -83,26 +89,67 @@ def read_text_file(path: Path, encoding: str) -> str:
         raise DataError(f"data.encoding '{encoding}' is not a known text encoding.") from exc
 
 
-def load_text(config: DataConfig) -> datasets.Dataset:
-    docs: list[str] = []
+def load_text(config: DataConfig, cache_dir: str | None = None) -> datasets.Dataset:
     column = config.text_column or "text"  # a text file has one column whatever is asked
-    for path in expand_paths(config, TEXT_SUFFIXES):
+    paths = expand_paths(config, TEXT_SUFFIXES)
+    if _large(paths):
+        return _on_disk(_text_documents, paths, config, column, cache_dir)
+    return datasets.Dataset.from_dict({column: [doc for _, doc in _text_documents(paths, config, column)]})
+
+
+def _text_documents(paths: list[Path], config: DataConfig, column: str) -> Any:
+    for path in paths:
         text = read_text_file(path, config.encoding).replace("\r\n", "\n")
         if config.documents == "file":
-            docs.append(text)
+            yield path, text
         elif config.documents == "paragraph":
-            docs += [para.strip() for para in text.split("\n\n")]
+            for para in text.split("\n\n"):
+                yield path, para.strip()
         else:
-            docs += text.split("\n")
-    return datasets.Dataset.from_dict({column: docs})
+            for line in text.split("\n"):
+                yield path, line
 
 
-def load_jsonl(config: DataConfig) -> datasets.Dataset:
-    texts: list[Any] = []
-    for path in expand_paths(config, {".jsonl", ".ndjson"}):
-        text = read_text_file(path, config.encoding)
+def _large(paths: list[Path]) -> bool:
+    return sum(p.stat().st_size for p in paths) > STREAM_BYTES
+
+
+def _on_disk(documents: Any, paths: list[Path], config: DataConfig, column: str, cache_dir: str | None) -> Any:
+    """The documents written one by one to an Arrow dataset in `cache_dir` (memory stays bounded)."""
+
+    def gen(paths: list[str], stats: list[tuple[int, int]]) -> Any:  # stats key the cache to the files' state
+        for _, doc in documents([Path(p) for p in paths], config, column):
+            yield {column: doc}
+
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    try:
+        return datasets.Dataset.from_generator(
+            gen,
+            features=datasets.Features({column: datasets.Value("string")}),
+            cache_dir=cache_dir,
+            gen_kwargs={"paths": [str(p) for p in paths], "stats": stats},
+        )
+    except datasets.exceptions.DatasetGenerationError as exc:
+        if isinstance(exc.__cause__, DataError):
+            raise exc.__cause__ from None
+        raise
+
+
+def load_jsonl(config: DataConfig, cache_dir: str | None = None) -> datasets.Dataset:
+    paths = expand_paths(config, {".jsonl", ".ndjson"})
+    if config.text_column is not None and _large(paths):
+        return _on_disk(_jsonl_values, paths, config, config.text_column, cache_dir)
+    return _dataset([value for _, value in _jsonl_values(paths, config, config.text_column)], config)
+
+
+def _jsonl_values(paths: list[Path], config: DataConfig, column: str | None) -> Any:
+    for path in paths:
+        if _large([path]):  # line by line: a large file is never held whole
+            lines: Any = _read_lines(path, config.encoding)
+        else:
+            lines = read_text_file(path, config.encoding).split("\n")
         # split on "\n" only: str.splitlines() also splits inside JSON strings at U+2028, U+0085, ...
-        for lineno, line in enumerate(text.split("\n"), start=1):
+        for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
@@ -114,8 +161,19 @@ def load_jsonl(config: DataConfig) -> datasets.Dataset:
                 ) from exc
             if not isinstance(row, dict):
                 raise DataError(f"'{path}' line {lineno} is a JSON {type(row).__name__}, not an object.")
-            texts.append(_text_of(row, config, f"'{path}' line {lineno}"))
-    return _dataset(texts, config)
+            yield path, _text_of(row, config, f"'{path}' line {lineno}")
+
+
+def _read_lines(path: Path, encoding: str) -> Any:
+    try:
+        with open(path, encoding=encoding, newline="\n") as fh:
+            for i, line in enumerate(fh):
+                line = line[:-1] if line.endswith("\n") else line
+                yield line[1:] if i == 0 and line.startswith("\ufeff") else line
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"'{path}' is not valid {encoding}: byte {exc.start}. Convert it to UTF-8 or set data.encoding."
+        ) from exc
 
 
 def load_json(config: DataConfig) -> datasets.Dataset:

@@ -61,6 +61,8 @@ class LlmforgeCallback(TrainerCallback):
         compat: str,
         keep_last: int,
         divergence_factor: float | None = None,
+        stream: Any = None,
+        blocks_per_step: int = 0,
     ) -> None:
         self.stage = stage
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -76,6 +78,8 @@ class LlmforgeCallback(TrainerCallback):
         self.latest: dict[str, Any] = {}
         self.divergence_factor = divergence_factor
         self.best_loss = math.inf
+        self.stream = stream  # a StreamingBlocks: its position goes into every checkpoint
+        self.blocks_per_step = blocks_per_step
 
     # progress ------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
@@ -168,13 +172,18 @@ class LlmforgeCallback(TrainerCallback):
 
     # checkpoints ---------------------------------------------------------------------------------
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
-        """Trainer has written checkpoint-N: mark it complete, then rotate old complete ones."""
+        """Trainer has written checkpoint-N: add the stream position, mark it complete, rotate old ones."""
+        from llmforge.streaming import gather_states, save_states
+
+        states = gather_states(self.stream) if self.stream is not None else None  # every rank takes part
         if not state.is_world_process_zero:
             return
         out = Path(args.output_dir)
         path = out / f"checkpoint-{state.global_step}"
         if not path.is_dir():
             return
+        if states is not None:  # written before the manifest: a checkpoint without it is never complete
+            save_states(path, states, self.blocks_per_step, state.global_step)
         model = kw.get("model")
         if model is not None and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             shutil.rmtree(path, ignore_errors=True)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmforge.errors import LlmforgeError
@@ -18,13 +19,86 @@ from llmforge.errors import LlmforgeError
 def cmd_run(args: argparse.Namespace, console: Console) -> None:
     from llmforge.recipe import Recipe
 
-    recipe = Recipe.from_yaml(args.recipe, overrides=args.set)
+    recipe = Recipe.from_yaml(args.recipe, overrides=args.set, smoke=args.smoke)
     recipe.run(args.out, only=args.only, console=console)
 
 
+def cmd_prepare(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.recipe import Recipe
+    from llmforge.tokenstore import prepare
+
+    recipe = Recipe.from_yaml(args.recipe, overrides=args.set)
+    prepare(recipe, args.store, args.out or f"{args.store}.work", num_proc=args.num_proc, console=console)
+
+
+def cmd_plot(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.plots import write_plots
+
+    for path in write_plots(args.run_dir):
+        console.print(f"wrote {path}")
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> None:
+    import transformers
+    from rich.markup import escape as esc
+
+    from llmforge.compare import compare
+
+    transformers.utils.logging.disable_progress_bar()
+    snaps = compare(
+        args.run_dir,
+        args.prompt,
+        chat=args.chat,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        greedy=args.greedy,
+    )
+    table = Table(title=f"checkpoints of {args.run_dir}", show_lines=True)
+    table.add_column("checkpoint")
+    table.add_column("step", justify="right")
+    table.add_column("val loss", justify="right")
+    for prompt in args.prompt:
+        table.add_column(esc(prompt if len(prompt) <= 40 else prompt[:37] + "..."), ratio=1)
+    best = {}  # per stage: a fine-tune's validation loss is on other data than pretraining's
+    for s in snaps:
+        if s.val_loss is not None:
+            best[s.stage] = min(best.get(s.stage, s.val_loss), s.val_loss)
+    for s in snaps:
+        loss = "-" if s.val_loss is None else f"{s.val_loss:.4f}"
+        loss += " (computed)" if s.val_source == "computed" else ""
+        if s.val_loss is not None and s.val_loss == best.get(s.stage):
+            loss = f"[bold green]{loss}[/]"
+        table.add_row(s.name, "-" if s.step is None else str(s.step), loss, *[esc(x) for x in s.samples])
+    console.print(table)
+    console.print(
+        "val loss: logged by the Trainer at that step (metrics.jsonl); (computed): scored now on the validation "
+        "blocks; -: no evaluation at that step. Lowest of each stage in green (a fine-tune is scored on its own "
+        "validation examples). Samples share one seed."
+    )
+
+
+def cmd_data_report(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.recipe import Recipe
+    from llmforge.report import data_report
+
+    recipe = Recipe.from_yaml(args.recipe, overrides=args.set, smoke=args.smoke)
+    data_report(
+        recipe,
+        out=args.out,
+        console=console,
+        budget_flops=args.budget_flops,
+        budget_hours=args.budget_hours,
+        flops_per_second=args.flops_per_second,
+        processes=args.processes,
+    )
+
+
 def cmd_generate(args: argparse.Namespace, console: Console) -> None:
+    import transformers
+
     from llmforge.generate import chat, generate, load
 
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar before the answer
     model, tok = load(args.model_dir)
     sampling = dict(
         max_new_tokens=args.max_new_tokens,
@@ -117,7 +191,50 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STAGE.KEY=VALUE",
         help="override a recipe value, e.g. --set train.max_steps=10 (repeatable)",
     )
+    p.add_argument(
+        "--smoke", action="store_true", help="apply the recipe's smoke: block (a quick check run) before --set"
+    )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("prepare", help="tokenize and pack a recipe's data once into a sharded token store")
+    p.add_argument("recipe", help="recipe YAML file (its data, tokenizer and model.context_length are used)")
+    p.add_argument("--store", required=True, help="token store directory to write")
+    p.add_argument("--out", help="run directory for the data and tokenizer stages (default: STORE.work)")
+    p.add_argument("--num-proc", type=int, help="tokenizing processes (default: data.num_proc or the CPU count)")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a recipe value")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("plot", help="draw RUN/loss.png and RUN/data/lengths.png from the run dir")
+    p.add_argument("run_dir", metavar="RUN")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("compare", help="samples and validation loss of every saved checkpoint, side by side")
+    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("--prompt", action="append", required=True, help="a prompt to continue (repeatable)")
+    p.add_argument("--chat", action="store_true", help="answer each prompt as a user turn (fine-tuned models)")
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0, help="one sampling seed for every checkpoint (default 0)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "data-report", help="documents, tokens, blocks, steps and tokens/parameter before training; size for a budget"
+    )
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--out", help="run dir for the data and tokenizer stages (reused by llmforge run); default: temp")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE", help="override a recipe value")
+    p.add_argument("--smoke", action="store_true", help="apply the recipe's smoke: block")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-flops", type=float, metavar="C", help="training compute budget in FLOPs")
+    budget.add_argument("--budget-hours", type=float, metavar="H", help="training time budget in hours")
+    p.add_argument(
+        "--flops-per-second",
+        type=float,
+        metavar="F",
+        help="with --budget-hours: assumed training FLOP/s (default: measured on this machine)",
+    )
+    p.add_argument("--processes", type=int, default=1, metavar="N", help="data-parallel processes (default 1)")
+    p.set_defaults(func=cmd_data_report)
 
     p = sub.add_parser("generate", help="continue a prompt with a finished model dir")
     p.add_argument("model_dir")
@@ -168,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         func(args, console)
     except LlmforgeError as exc:
-        Console(stderr=True).print(f"[bold red]llmforge error:[/] {exc}", markup=True, highlight=False)
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]llmforge error:[/] {escape(' '.join(str(exc).split()))}", highlight=False
+        )
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("[red]interrupted[/]")

@@ -39,9 +39,17 @@ class DataConfig:
     config: str | None = _f(None, "Hub dataset configuration name, e.g. sample-10BT.")
     split: str = _f("train", "Hub dataset split to read.")
     data_files: str | list[str] | dict[str, Any] | None = _f(None, "data_files for datasets.load_dataset.")
-    streaming: bool = _f(False, "Stream the hub dataset instead of downloading it whole.")
+    streaming: bool = _f(
+        False,
+        "Pretrain from the stream: documents are read batch by batch, tokenized and packed while training (no copy "
+        "on disk); a checkpoint stores the exact stream position. The first val_documents are held out. "
+        "Needs train.max_steps.",
+    )
     max_documents: int | None = _f(None, "Read at most this many documents (useful with streaming).")
     val_fraction: float = _f(0.05, "Share of documents held out for validation (split by document).")
+    val_documents: int = _f(
+        1000, "With streaming: the first N documents (rows) of the stream are the validation set, never trained on."
+    )
     seed: int = _f(1234, "Seed of the train/validation split.")
     num_proc: int | None = _f(None, "Processes for tokenization; default: the CPU count (at most 8).")
     options: dict[str, Any] = _f({}, "Extra keyword options passed to the data-source plugin.")
@@ -63,22 +71,46 @@ class TokenizerConfig:
     max_documents: int | None = _f(None, "Train the tokenizer on at most this many documents.")
 
 
+MODEL_DEFAULTS = {"arch": "gpt2", "n_layer": 4, "n_embd": 128, "n_head": 4, "context_length": 256}
+
+
 @dataclass
 class ModelConfig:
-    """The network: built from a config by name, or loaded from existing weights."""
+    """The network: built from a config by name (or a size preset), or loaded from existing weights.
 
-    arch: str = _f("gpt2", "transformers model_type of a model built from scratch (gpt2, llama, ...).")
+    A `preset` fills arch, n_layer, n_embd, n_head, n_kv_head and context_length; each of them given
+    here wins over the preset's value. Without a preset the defaults in MODEL_DEFAULTS apply.
+    """
+
+    arch: str | None = _f(
+        None, "transformers model_type to build from scratch (gpt2, llama, qwen3, ...); default gpt2 or the preset's."
+    )
     from_pretrained: str | None = _f(None, "Start from these weights (local dir or hub name) instead.")
-    n_layer: int = _f(4, "Transformer blocks.")
-    n_embd: int = _f(128, "Hidden width.")
-    n_head: int = _f(4, "Attention heads; must divide n_embd.")
-    n_kv_head: int | None = _f(None, "Key/value heads for grouped-query attention (families that have it).")
-    context_length: int = _f(256, "Tokens per training block and the model's positions.")
+    preset: str | None = _f(
+        None, "Size preset (gpt2, gpt2-medium, gpt2-large, gpt2-1b, gpt2-xl, llama-124m, ... or a plugin's)."
+    )
+    n_layer: int | None = _f(None, "Transformer blocks (default 4, or the preset's).")
+    n_embd: int | None = _f(None, "Hidden width (default 128, or the preset's).")
+    n_head: int | None = _f(None, "Attention heads; must divide n_embd (default 4, or the preset's).")
+    n_kv_head: int | None = _f(
+        None, "Key/value heads for grouped-query attention (families that have it); default n_head, or the preset's."
+    )
+    context_length: int | None = _f(
+        None, "Tokens per training block and the model's positions (default 256, or the preset's)."
+    )
     dropout: float = _f(0.0, "Dropout everywhere; 0 keeps the fast attention kernel for pretraining.")
     tie_embeddings: bool = _f(True, "Share the input embedding and output projection weights.")
     attn_implementation: str = _f("sdpa", "Attention kernel: sdpa or eager.")
     trust_remote_code: bool = _f(False, "Allow from_pretrained to run code from the model repository.")
-    extra: dict[str, Any] = _f({}, "Further keys passed to the family's transformers config.")
+    extra: dict[str, Any] = _f(
+        {}, "Further keys of the family's transformers config (e.g. intermediate_size, rope_theta), validated."
+    )
+
+    def __post_init__(self) -> None:
+        if self.preset is None:  # with a preset, llmforge.families.apply_preset fills what is left unset
+            for key, value in MODEL_DEFAULTS.items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
 
 
 @dataclass
@@ -113,7 +145,9 @@ class TrainConfig:
         True, "CPU training on Linux: reuse freed memory instead of returning it to the OS (fewer page faults)."
     )
     fused_loss: bool = _f(
-        True, "Compute the loss in chunks without materialising the logits (GPT-2 and Llama-style families)."
+        True,
+        "Compute the loss in chunks without materialising the logits (families in "
+        "llmforge.trainer.FUSED_LOSS_FAMILIES; others use the model's own loss).",
     )
     report_to: list[str] = _f(["none"], "Trainer integrations: tensorboard, wandb, mlflow or none.")
     on_nan: Literal["stop", "skip_batch"] = _f(

@@ -312,14 +312,19 @@ class Report:
         }
 
     def lines(self) -> list[str]:
-        out = []
-        for kind, n in self.kinds.most_common():
-            extra = ""
-            if kind == UNKNOWN_ROLE:
-                extra = " (" + ", ".join(f"'{r}' x{c}" for r, c in self.unknown_roles.most_common()) + ")"
-            rows = ", ".join(map(str, self.first_rows.get(kind, [])))
-            out.append(f"{n} row(s) with {kind}{extra}, dropped: rows {rows}{', ...' if n > 5 else ''}")
-        return out
+        return report_lines(self.as_dict())
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """One line per kind of dropped row, from `Report.as_dict()` (as kept in finetune/data's manifest)."""
+    out = []
+    for kind, n in sorted(report["by_kind"].items(), key=lambda kv: -kv[1]):
+        extra = ""
+        if kind == UNKNOWN_ROLE:
+            extra = " (" + ", ".join(f"'{r}' x{c}" for r, c in report["unknown_roles"].items()) + ")"
+        rows = ", ".join(map(str, report["first_rows"].get(kind, [])))
+        out.append(f"dropped {n} row(s) with {kind}{extra}: rows {rows}{', ...' if n > 5 else ''}")
+    return out
 
 
 class ExampleBuilder:

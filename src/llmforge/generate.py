@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmforge.errors import ConfigError
@@ -27,9 +28,11 @@ def load(model_dir: str | Path) -> tuple[Any, Any]:
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
         model = load_adapter_model(path, tok) if adapter else AutoModelForCausalLM.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # missing, malformed or truncated files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"Cannot load the model in '{path}': {first}") from exc
+        raise ConfigError(
+            f"Cannot load the model in '{path}': {first}. The directory is incomplete or damaged: save or copy it again."
+        ) from exc
     model.eval()
     return model, tok
 

@@ -84,6 +84,19 @@ def register_benchmarks(register: Register) -> None:
 
 
 @hookspec
+def register_model_presets(register: Register) -> None:
+    """Register model size presets: `register("name", ModelPreset(arch, n_layer, n_embd, n_head, context_length))`.
+
+    `from llmforge.families import ModelPreset`; optional fields: `n_kv_head` (grouped-query attention),
+    `extra` (further keys of the family's transformers config, e.g. `{"intermediate_size": 2432}`) and
+    `description` (one line, shown in docs and errors). A recipe's `model.preset: name` fills `arch`,
+    `n_layer`, `n_embd`, `n_head`, `n_kv_head` and `context_length` from the preset; a key the recipe
+    sets itself wins. The preset's `extra` applies under the recipe's own `model.extra`, and only when
+    the recipe keeps the preset's family. The built-in presets are in `plugins/llmforge_models`.
+    """
+
+
+@hookspec
 def prepare_model(model: Any, stage: str, config: Any) -> None:
     """Adjust a model in place before a training stage (`stage` is 'train' or 'finetune') starts.
 

@@ -127,3 +127,35 @@ class ExampleCollator:
         elif self.document_aware:
             batch["position_ids"] = extra
         return batch
+
+
+# --- does a model keep packed documents apart? -----------------------------------------------------
+
+
+@torch.no_grad()
+def document_leak(model: torch.nn.Module, eos_id: int) -> bool:
+    """True if `model` lets a packed document attend to the one before it despite restarting positions.
+
+    Runs the second of two documents packed in one row (positions restarting after the first one's
+    EOS, no attention mask, no cache: how training calls it) and alone, and compares its logits. A
+    family whose attention ignores the restart differs as much as plain causal attention does; one
+    that honours it differs by rounding only. The comparison is relative to that plain-causal
+    difference, so it holds for any initialisation scale.
+    """
+    vocab = model.get_input_embeddings().num_embeddings
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab, (1, 12), generator=torch.Generator().manual_seed(0)).to(device)
+    ids[ids == eos_id] = (eos_id + 1) % vocab
+    ids[0, 4] = eos_id  # document 1 is ids[:5], document 2 ids[5:]
+    positions = document_position_ids(ids, eos_id)
+    training = model.training
+    model.eval()
+    try:
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0, 5:].float()
+        alone = model(input_ids=ids[:, 5:], position_ids=positions[:, 5:], use_cache=False).logits[0].float()
+        causal = model(input_ids=ids, use_cache=False).logits[0, 5:].float()
+    finally:
+        model.train(training)
+    error = (packed - alone).abs().max().item()
+    plain = (causal - alone).abs().max().item()
+    return error > 0.01 * plain + 1e-5

@@ -24,6 +24,7 @@ KINDS = {
     "format": "register_formats",
     "loss_mask": "register_loss_masks",
     "benchmark": "register_benchmarks",
+    "model_preset": "register_model_presets",
 }
 
 

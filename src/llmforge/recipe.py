@@ -7,7 +7,9 @@ complete checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from llmforge.config import (
 from llmforge.context import Context
 from llmforge.errors import ConfigError, RunDirError, did_you_mean
 from llmforge.plugins import get_plugins
+from llmforge.tracking import check_recipe as check_tracking
 
 STAGE_CONFIGS = {
     "data": DataConfig,
@@ -45,6 +48,8 @@ STAGE_CONFIGS = {
 OPTIONAL_STAGES = ("finetune", "evaluate")  # absent from a recipe: not run
 PRETRAINING = ("data", "tokenizer", "model", "train")  # all absent and finetune.base set: not run
 TOP_KEYS = ["name", "plugins", *STAGE_CONFIGS]
+PARALLEL_STAGES = ("train", "finetune")  # run by every process under torchrun / accelerate launch
+SMOKE_KEY = "smoke"  # a recipe file's block of overrides for a quick check run (`llmforge run --smoke`)
 
 
 @dataclass
@@ -59,6 +64,20 @@ class Recipe:
     finetune: FinetuneConfig | None = None
     evaluate: EvaluateConfig | None = None
     plugins: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._prepare_model()
+
+    def _prepare_model(self) -> None:
+        """Fill the model's unset sizes from its preset (a plugin registry: the recipe's plugins count) and
+        check arch, sizes and extra keys now, before any stage runs."""
+        from llmforge.families import apply_preset, check
+
+        if self.model is not None:
+            if self.model.preset is not None:
+                self.model = apply_preset(self.model, get_plugins(self.plugins))
+            if not self.model.from_pretrained:
+                check(self.model)
 
     @classmethod
     def from_dict(cls, mapping: dict[str, Any], where: str = "recipe") -> Recipe:
@@ -75,15 +94,24 @@ class Recipe:
             for stage, cfg_cls in STAGE_CONFIGS.items()
             if stage not in OPTIONAL_STAGES or mapping.get(stage) is not None
         }
-        if kwargs.get("finetune") is not None and kwargs["finetune"].base and not any(map(mapping.get, PRETRAINING)):
+        if kwargs.get("finetune") is not None and not any(map(mapping.get, PRETRAINING)):
+            if not kwargs["finetune"].base:
+                raise ConfigError(
+                    f"{where} has a finetune block and no pretraining blocks: set finetune.base to the model dir "
+                    "to fine-tune, or add the data, tokenizer, model and train blocks that make one."
+                )
             kwargs.update(dict.fromkeys(PRETRAINING))  # fine-tune only: finetune.base is the model
         kwargs["name"] = check_type(mapping.get("name", "llmforge-run"), str, "name")
         kwargs["plugins"] = check_type(mapping.get("plugins") or [], list[str], "plugins")
         return cls(**kwargs)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
-        """Load a recipe file; `overrides` are `stage.key=value` strings (values parsed as YAML)."""
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None, smoke: bool = False) -> Recipe:
+        """Load a recipe file; `overrides` are `stage.key=value` strings (values parsed as YAML).
+
+        A top-level `smoke:` block in the file holds overrides for a quick check of the recipe (a local
+        stand-in for a hub dataset, a few steps, a small model); `smoke=True` (`llmforge run --smoke`)
+        merges it into the recipe before `overrides`, otherwise it is ignored."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -99,6 +127,13 @@ class Recipe:
             raise ConfigError(
                 f"'{path}' must be a YAML mapping with keys {', '.join(TOP_KEYS)}, not a {type(mapping).__name__}."
             )
+        smoke_block = mapping.pop(SMOKE_KEY, None)
+        if smoke:
+            if not smoke_block:
+                raise ConfigError(f"--smoke: '{path}' has no '{SMOKE_KEY}:' block of overrides to apply.")
+            if not isinstance(smoke_block, dict):
+                raise ConfigError(f"'{SMOKE_KEY}' in '{path}' must be a mapping of recipe keys, like the recipe.")
+            merge_overrides(mapping, smoke_block, SMOKE_KEY)
         for item in overrides or []:
             apply_override(mapping, item)
         recipe = cls.from_dict(mapping, where=f"'{path}'")
@@ -119,8 +154,11 @@ class Recipe:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def run(self, out: str | Path, only: str | None = None, console: Console | None = None) -> Run:
-        """Run every stage (or `only` one) in `out`; finished, unchanged stages are skipped."""
+    def run(
+        self, out: str | Path, only: str | None = None, console: Console | None = None, until: str | None = None
+    ) -> Run:
+        """Run every stage (or `only` one, or those `until` a stage) in `out`; finished, unchanged stages
+        are skipped."""
         from llmforge.stages import STAGES
 
         if only is not None and only not in STAGES:
@@ -131,39 +169,97 @@ class Recipe:
         datasets.disable_progress_bars()  # llmforge prints its own progress
         transformers.utils.logging.disable_progress_bar()
         out = Path(out)
+        check_tracking(self)  # a missing tracking back-end fails now, not after the data is prepared
         plugins = get_plugins(self.plugins)
+        self._prepare_model()  # again: the model block may have been replaced since the recipe was built
+        dist = distributed_state()
+        main = dist is None or dist.is_main_process
+        if not main:
+            console = Console(quiet=True)  # one process reports; every process trains
         ctx = Context(out, self, plugins, console)
-        with rundir.locked(out):
-            check_run_dir(out, self)
-            rundir.write_text(out / "recipe.yaml", self.to_yaml())
-            summary = []
+        summary: list[tuple[str, str, float | None]] = []
+        if out.exists() and not out.is_dir():
+            raise RunDirError(f"--out '{out}' exists and is not a directory. Choose another --out.")
+        with rundir.locked(out) if main else contextlib.nullcontext():
+            if main:
+                check_run_dir(out, self)
+                resolved = out / "recipe.yaml"
+                if not resolved.exists() or resolved.read_text() != self.to_yaml():
+                    rundir.write_text(resolved, self.to_yaml())
             for name, stage in STAGES.items():
+                if until is not None and list(STAGES).index(name) > list(STAGES).index(until):
+                    break
                 if not stage.enabled(self):
                     continue
-                ctx.fingerprints[name] = stage.fingerprint(ctx)
-                artefact = out / stage.ARTEFACT
-                rundir.clean_stale(artefact.parent)
-                up_to_date = rundir.is_complete(artefact, ctx.fingerprints[name])
-                if up_to_date and only != name:
-                    ctx.outputs[name] = rundir.read_manifest(artefact)["info"]
-                    summary.append((name, "up to date", None))
-                    continue
-                if only is not None and only != name and not up_to_date:
-                    raise RunDirError(
-                        f"--only {only} needs the '{name}' stage, which is missing or out of date in {out}. "
-                        "Run the whole recipe first."
-                    )
-                console.rule(f"[bold]{name}")
-                plugins.call("on_stage_start", stage=name, run_dir=out)
-                started = time.perf_counter()
-                ctx.outputs[name] = stage.run(ctx)
-                summary.append((name, "ran", time.perf_counter() - started))
-                plugins.call("on_stage_end", stage=name, run_dir=out, outputs=ctx.outputs[name])
+                # Under torchrun / accelerate launch every process trains; the main process alone runs the
+                # other stages while the rest wait, then find them up to date.
+                serial = dist is not None and name not in PARALLEL_STAGES
+                with dist.main_process_first() if serial else contextlib.nullcontext():
+                    ctx.fingerprints[name] = stage.fingerprint(ctx)
+                    artefact = out / stage.ARTEFACT
+                    if main:
+                        rundir.clean_stale(artefact.parent)
+                    up_to_date = rundir.is_complete(artefact, ctx.fingerprints[name])
+                    if up_to_date and only != name:
+                        ctx.outputs[name] = rundir.read_manifest(artefact)["info"]
+                        summary.append((name, "up to date", None))
+                        continue
+                    if only is not None and only != name and not up_to_date:
+                        raise RunDirError(
+                            f"--only {only} needs the '{name}' stage, which is missing or out of date in {out}. "
+                            "Run the whole recipe first."
+                        )
+                    console.rule(f"[bold]{name}")
+                    plugins.call("on_stage_start", stage=name, run_dir=out)
+                    started = time.perf_counter()
+                    ctx.outputs[name] = stage.run(ctx)
+                    summary.append((name, "ran", time.perf_counter() - started))
+                    plugins.call("on_stage_end", stage=name, run_dir=out, outputs=ctx.outputs[name])
+                    if main:
+                        draw_pictures(name, ctx)
                 if only == name:
                     break
         run = Run(out)
         print_summary(console, summary, ctx.outputs)
         return run
+
+
+def merge_overrides(mapping: dict[str, Any], block: dict[str, Any], where: str) -> None:
+    """Merge `block` into `mapping` key by key: mappings merge, anything else (lists too) replaces."""
+    for key, value in block.items():
+        if isinstance(value, dict) and isinstance(mapping.get(key), dict):
+            merge_overrides(mapping[key], value, f"{where}.{key}")
+        else:
+            mapping[key] = value
+
+
+def distributed_state() -> Any:
+    """accelerate's PartialState when launched as one of several processes (torchrun, accelerate
+    launch), else None. Creating it joins the process group, so every stage sees the world size."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    # the same device choice as the Trainer's (use_cpu in stages/train.py), so both share one state
+    return PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
+
+
+def draw_pictures(stage: str, ctx: Context) -> None:
+    """data/lengths.png once the tokenizer exists; loss.png after each training stage (llmforge.plots)."""
+    from llmforge import plots
+
+    try:
+        if stage == "tokenizer" and ctx.recipe.data is not None:
+            path = plots.write_lengths_plot(ctx.run_dir, ctx.recipe.model.context_length)
+        elif stage in plots.TRAINING_STAGES and plots.read_metrics(ctx.run_dir):
+            path = plots.write_loss_plot(ctx.run_dir)
+        else:
+            return
+    except Exception as exc:  # a picture is never worth a failed run; say so and go on
+        ctx.console.print(f"  [yellow]could not draw the {stage} picture: {exc}[/]")
+        return
+    ctx.console.print(f"  wrote {path}")
 
 
 def apply_override(mapping: dict[str, Any], item: str) -> None:

@@ -154,7 +154,7 @@ def _fsync_dir(directory: Path) -> None:
 def locked(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run directory so two runs never write into it at once."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as fh:
+    with open(run_dir / ".lock", "a") as fh:  # "a": taking the lock changes no file
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

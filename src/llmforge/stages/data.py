@@ -2,6 +2,11 @@
 
 `blocks(ctx)` then tokenizes the documents with the recipe's tokenizer and packs them into
 `context_length` blocks (documents joined by EOS, no padding), cached as Arrow in `data/blocks/`.
+
+With `data.streaming: true` the stage reads only the head of the stream: the first
+`data.val_documents` rows are the validation documents, the next rows (`tokenizer.max_documents`,
+default 10,000) a sample the tokenizer is trained on. Training then reads the stream itself from
+row `val_documents` on (llmforge.streaming), so nothing of the corpus is copied to disk.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llmforge import rundir
+from llmforge import rundir, tokenstore
 from llmforge.config import DataConfig
 from llmforge.context import Context
 from llmforge.errors import ConfigError, DataError
@@ -38,7 +43,9 @@ def describe(out: dict[str, Any]) -> str:
 def fingerprint(ctx: Context) -> str:
     cfg: DataConfig = ctx.recipe.data
     inputs: Any = None
-    if cfg.path:
+    if cfg.source == "token_store":
+        inputs = tokenstore.fingerprint(cfg.path)
+    elif cfg.path:
         inputs = _input_stats(cfg)
     elif cfg.data_files:  # a hub builder over local files: editing them reruns the stage
         files = [cfg.data_files] if isinstance(cfg.data_files, str) else cfg.data_files
@@ -50,6 +57,11 @@ def fingerprint(ctx: Context) -> str:
 
 def run(ctx: Context) -> dict[str, Any]:
     cfg: DataConfig = ctx.recipe.data
+    shutil.rmtree(ctx.path("data", SOURCE_CACHE), ignore_errors=True)  # never reuse a killed run's copy
+    if cfg.source == "token_store":
+        return tokenstore.check_recipe(ctx)
+    if cfg.streaming:
+        return _run_streaming(ctx, cfg)
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}.")
     docs = read_documents(cfg, ctx)
@@ -65,6 +77,7 @@ def run(ctx: Context) -> dict[str, Any]:
     stats["empty_documents_dropped"] = ctx.cache.pop("empty_documents", 0)
     with rundir.atomic_dir(ctx.path("data", "documents"), ctx.fingerprints["data"], stats) as tmp:
         splits.save_to_disk(str(tmp))
+    shutil.rmtree(ctx.path("data", SOURCE_CACHE), ignore_errors=True)  # documents/ holds the copy now
     rundir.write_json(ctx.path("data", "stats.json"), {"documents": stats})
     ctx.console.print(
         f"  {stats['train']['documents']:,} training and {stats['validation']['documents']:,} validation "
@@ -78,8 +91,9 @@ def read_documents(cfg: DataConfig, ctx: Context) -> datasets.Dataset:
     """The source's documents as a one-column ('text') Dataset without empty documents."""
     if cfg.text_column is None:
         raise ConfigError("data.text_column is null, but pretraining reads one text column: name it (e.g. text).")
-    load = ctx.plugins.data_source(cfg.source)
-    ds = load(cfg)
+    ds = _load_source(cfg, ctx)
+    if hasattr(ds, "stream_batches"):  # a plugin's own stream (e.g. Deep Lake): read it batch by batch
+        ds = _materialise_stream(ds, cfg, ctx)
     if isinstance(ds, datasets.IterableDataset):
         ds = _materialise(ds, cfg)
     if not isinstance(ds, datasets.Dataset):
@@ -88,16 +102,7 @@ def read_documents(cfg: DataConfig, ctx: Context) -> datasets.Dataset:
             f"a {type(ds).__name__}; a data source must return a datasets.Dataset or IterableDataset."
         )
     where = cfg.path or cfg.name or cfg.source
-    if cfg.text_column not in ds.column_names:
-        raise DataError(
-            f"{where} has no column '{cfg.text_column}' (data.text_column). Its columns: {', '.join(ds.column_names)}."
-        )
-    feature = ds.features[cfg.text_column]
-    if getattr(feature, "dtype", None) not in ("string", "large_string", "null"):
-        raise DataError(
-            f"Column '{cfg.text_column}' of {where} holds {feature}, not text. "
-            "Set data.text_column to the column with the documents' text."
-        )
+    _check_text_column(ds, cfg)
     ds = ds.select_columns([cfg.text_column])
     if cfg.text_column != "text":
         ds = ds.rename_column(cfg.text_column, "text")
@@ -114,6 +119,111 @@ def read_documents(cfg: DataConfig, ctx: Context) -> datasets.Dataset:
     return ds
 
 
+SOURCE_CACHE = "source-cache"  # a source's Arrow copy of a large corpus (Dataset.from_generator), in data/
+TOKENIZER_SAMPLE = 10_000  # streaming: documents after the validation rows the tokenizer is trained on
+
+
+def _load_source(cfg: DataConfig, ctx: Context) -> Any:
+    """Call the data-source plugin; one that accepts `cache_dir` gets a directory inside the run dir."""
+    import inspect
+
+    load = ctx.plugins.data_source(cfg.source)
+    try:
+        takes_cache = "cache_dir" in inspect.signature(load).parameters
+    except (TypeError, ValueError):
+        takes_cache = False
+    if takes_cache:
+        return load(cfg, cache_dir=str(ctx.path("data", SOURCE_CACHE)))
+    return load(cfg)
+
+
+def open_stream(cfg: DataConfig, ctx: Context) -> Any:
+    """The source as a DocumentStream (llmforge.streaming), its text column checked where it can be."""
+    from llmforge.streaming import as_stream
+
+    if cfg.text_column is None:
+        raise ConfigError("data.text_column is null, but pretraining reads one text column: name it (e.g. text).")
+    ds = _load_source(cfg, ctx)
+    if isinstance(ds, datasets.Dataset):
+        _check_text_column(ds, cfg)
+    elif not hasattr(ds, "stream_batches") and not isinstance(ds, datasets.IterableDataset):
+        raise DataError(
+            f"Data source '{cfg.source}' returned a {type(ds).__name__}; a data source must return a "
+            "datasets.Dataset or IterableDataset (or an object with stream_batches)."
+        )
+    return as_stream(ds, cfg.text_column)
+
+
+def where_of(cfg: DataConfig) -> str:
+    return str(cfg.path or cfg.name or cfg.source)
+
+
+def _run_streaming(ctx: Context, cfg: DataConfig) -> dict[str, Any]:
+    """Read the head of the stream: validation rows, then the tokenizer's sample. Bounded memory."""
+    from llmforge.streaming import DOC_BATCH, clean_documents
+
+    V = cfg.val_documents
+    if V < 1:
+        raise ConfigError(f"data.val_documents must be at least 1 with data.streaming, got {V}.")
+    tok_cfg = ctx.recipe.tokenizer
+    sample = (tok_cfg.max_documents if tok_cfg is not None and tok_cfg.max_documents else None) or TOKENIZER_SAMPLE
+    limit = V + sample if cfg.max_documents is None else min(V + sample, cfg.max_documents)
+    where = where_of(cfg)
+    stream = open_stream(cfg, ctx)
+    val: list[str] = []
+    train: list[str] = []
+    rows = 0
+    for texts, _ in stream.stream_batches(None, DOC_BATCH, 0, limit):
+        head, tail = texts[: max(0, V - rows)], texts[max(0, V - rows) :]
+        val += clean_documents(head, where, cfg.text_column)
+        train += clean_documents(tail, where, cfg.text_column)
+        rows += len(texts)
+    if not val:
+        raise DataError(
+            f"The first {V} rows of {where} (data.val_documents) hold no non-empty document"
+            f"{' (the stream is empty)' if rows == 0 else ''}. Check data.path/name and data.text_column."
+        )
+    if not train:
+        raise DataError(
+            f"{where} holds no document after its first {V} rows, which are the validation set: nothing is left "
+            "to train on. Lower data.val_documents or add data."
+        )
+    splits = datasets.DatasetDict(
+        train=datasets.Dataset.from_dict({"text": train}), validation=datasets.Dataset.from_dict({"text": val})
+    )
+    stats: dict[str, Any] = {name: _text_stats(ds) for name, ds in splits.items()}
+    stats["empty_documents_dropped"] = rows - len(train) - len(val)
+    stats["streaming"] = {"validation_rows": min(V, rows), "tokenizer_sample_rows": max(0, rows - V)}
+    with rundir.atomic_dir(ctx.path("data", "documents"), ctx.fingerprints["data"], stats) as tmp:
+        splits.save_to_disk(str(tmp))
+    rundir.write_json(ctx.path("data", "stats.json"), {"documents": stats})
+    ctx.console.print(
+        f"  streaming from {where}: {len(val):,} validation documents (rows 0-{min(V, rows) - 1}) held out; "
+        f"{len(train):,} documents after them sampled for the tokenizer; training reads the stream from row {V}"
+    )
+    return stats
+
+
+def _materialise_stream(stream: Any, cfg: DataConfig, ctx: Context) -> datasets.Dataset:
+    """A plugin's DocumentStream as an on-disk Dataset (bounded memory), capped at max_documents."""
+    from llmforge.streaming import DOC_BATCH
+
+    def gen(column: str = cfg.text_column, limit: int | None = cfg.max_documents):
+        for texts, _ in stream.stream_batches(None, DOC_BATCH, 0, limit):
+            for t in texts:
+                yield {column: t}
+
+    features = datasets.Features({cfg.text_column: datasets.Value("string")})
+    try:
+        return datasets.Dataset.from_generator(
+            gen, features=features, cache_dir=str(ctx.path("data", SOURCE_CACHE)), fingerprint=f"stream-{os.getpid()}"
+        )
+    except datasets.exceptions.DatasetGenerationError as exc:
+        if isinstance(exc.__cause__, DataError):
+            raise exc.__cause__ from None
+        raise
+
+
 def _materialise(stream: datasets.IterableDataset, cfg: DataConfig) -> datasets.Dataset:
     if cfg.max_documents is not None:
         stream = stream.take(cfg.max_documents)
@@ -126,6 +236,20 @@ def _materialise(stream: datasets.IterableDataset, cfg: DataConfig) -> datasets.
             yield {col: row.get(col)}
 
     return datasets.Dataset.from_generator(gen)
+
+
+def _check_text_column(ds: datasets.Dataset, cfg: DataConfig) -> None:
+    where = cfg.path or cfg.name or cfg.source
+    if cfg.text_column not in ds.column_names:
+        raise DataError(
+            f"{where} has no column '{cfg.text_column}' (data.text_column). Its columns: {', '.join(ds.column_names)}."
+        )
+    feature = ds.features[cfg.text_column]
+    if getattr(feature, "dtype", None) not in ("string", "large_string", "null"):
+        raise DataError(
+            f"Column '{cfg.text_column}' of {where} holds {feature}, not text. "
+            "Set data.text_column to the column with the documents' text."
+        )
 
 
 def _text_stats(ds: datasets.Dataset) -> dict[str, int]:
@@ -164,6 +288,10 @@ def blocks(ctx: Context) -> datasets.DatasetDict:
     """Packed `context_length` blocks for train and validation, built once and cached."""
     if "blocks" in ctx.cache:
         return ctx.cache["blocks"]
+    if ctx.recipe.data.source == "token_store":  # packed once by `llmforge prepare`, shared by many runs
+        dd, info = tokenstore.open_store(ctx.recipe.data.path, ctx.recipe.model.context_length)
+        ctx.cache["blocks"], ctx.cache["block_stats"] = dd, info
+        return dd
     out = ctx.path("data", "blocks")
     fp = blocks_fingerprint(ctx)
     if not rundir.is_complete(out, fp):
@@ -224,7 +352,7 @@ def _build_blocks(ctx: Context, out: Path, fp: str) -> None:
                 stats[name] = {"tokens": packer.tokens, "blocks": packer.blocks, "dropped_tokens": len(packer.carry)}
                 if name == "validation":
                     stats[name]["unigram_perplexity"] = float(np.exp(nll / max(targets, 1)))
-            words = sum(s["words"] for s in doc_stats.values() if isinstance(s, dict))
+            words = sum(s["words"] for s in doc_stats.values() if isinstance(s, dict) and "words" in s)
             tokens = sum(stats[name]["tokens"] for name in docs)
             stats["tokens_per_word"] = round(tokens / max(words, 1), 3)
             datasets.DatasetDict(splits).save_to_disk(str(tmp))

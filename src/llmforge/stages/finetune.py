@@ -40,7 +40,15 @@ from llmforge import rundir
 from llmforge.callbacks import LlmforgeCallback, truncate_metrics
 from llmforge.config import DataConfig, FinetuneConfig, from_mapping
 from llmforge.context import Context
-from llmforge.conversations import Example, ExampleBuilder, Installed, Problem, Report, install_template
+from llmforge.conversations import (
+    Example,
+    ExampleBuilder,
+    Installed,
+    Problem,
+    Report,
+    install_template,
+    report_lines,
+)
 from llmforge.errors import ConfigError, DataError
 from llmforge.lora import apply_lora, check_targets, parameter_counts
 from llmforge.packing import DocumentMaskGuard, ExampleCollator, pack
@@ -177,6 +185,7 @@ def fit(
         on_nan=cfg.on_nan,
         max_skipped_batches=cfg.max_skipped_batches,
         stage="finetune",
+        fused_loss=cfg.fused_loss,
     )
     trainer.remove_callback(PrinterCallback)
     truncate_metrics(ctx.path("metrics.jsonl"), "finetune", resume[1] if resume else 0)
@@ -367,15 +376,19 @@ def max_length(cfg: FinetuneConfig, base: str) -> int:
 
 def prepare(ctx: Context, tok: Any, installed: Installed, base: str) -> datasets.DatasetDict:
     """Train and validation examples (cached in finetune/data), with their statistics in ctx.cache."""
+    from llmforge.recipe import distributed_state
+
     cfg: FinetuneConfig = ctx.recipe.finetune
     out = ctx.path("finetune", "data")
     fp = data_fingerprint(ctx)
-    if not rundir.is_complete(out, fp):
-        if not 0.0 < cfg.val_fraction < 1.0:
-            raise ConfigError(f"finetune.val_fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}.")
-        splits, stats = build_examples(cfg, tok, installed, ctx.plugins, max_length(cfg, base), ctx.console)
-        with rundir.atomic_dir(out, fp, stats) as tmp:
-            splits.save_to_disk(str(tmp))
+    dist = distributed_state()  # under torchrun every process fine-tunes; one prepares, the others wait
+    with dist.main_process_first() if dist is not None else contextlib.nullcontext():
+        if not rundir.is_complete(out, fp):
+            if not 0.0 < cfg.val_fraction < 1.0:
+                raise ConfigError(f"finetune.val_fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}.")
+            splits, stats = build_examples(cfg, tok, installed, ctx.plugins, max_length(cfg, base), ctx.console)
+            with rundir.atomic_dir(out, fp, stats) as tmp:
+                splits.save_to_disk(str(tmp))
     stats = rundir.read_manifest(out)["info"]
     ctx.cache["finetune_data"] = stats
     for line in summary_lines(stats, cfg):
@@ -476,13 +489,7 @@ def summary_lines(stats: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
         f"{stats['validation']['examples']:,} validation); end of turn {stats['end_of_turn']!r}"
         + (f", added tokens {', '.join(stats['added_tokens'])}" if stats["added_tokens"] else "")
     ]
-    dropped = stats["dropped"]
-    for kind, n in sorted(dropped["by_kind"].items(), key=lambda kv: -kv[1]):
-        extra = ""
-        if kind == "unknown role":
-            extra = " (" + ", ".join(f"'{r}' x{c}" for r, c in dropped["unknown_roles"].items()) + ")"
-        rows = ", ".join(map(str, dropped["first_rows"].get(kind, [])))
-        lines.append(f"dropped {n} row(s) with {kind}{extra}: rows {rows}{', ...' if n > 5 else ''}")
+    lines += report_lines(stats["dropped"])
     length = stats["length"]
     if length["filtered"]:
         lines.append(f"dropped {length['filtered']} example(s) longer than {length['max_length']} tokens (filter)")

@@ -1,8 +1,11 @@
 """Model stage: build a causal LM from the recipe's sizes (any transformers family), or load weights.
 
 The recipe speaks one vocabulary (n_layer, n_embd, n_head, n_kv_head, context_length, dropout,
-tie_embeddings); `family_config` translates it to the family's own config keys in one place. Special
-token ids always come from the tokenizer. The model is saved in `model/` as a plain HF model dir.
+tie_embeddings), optionally filled from a size preset; `family_config` translates it to the family's own
+config keys through the table in llmforge.families. Special token ids always come from the tokenizer.
+Before it is saved, the model is checked to keep packed documents apart (when training is
+document-aware): the promise every family must keep, not one llmforge takes on trust. The model is
+saved in `model/` as a plain HF model dir.
 """
 
 from __future__ import annotations
@@ -11,12 +14,25 @@ from typing import Any
 
 import torch
 import transformers
+from rich.console import Console
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from llmforge import rundir
 from llmforge.config import ModelConfig
 from llmforge.context import Context
-from llmforge.errors import ConfigError, closest, did_you_mean
+from llmforge.errors import ConfigError
+from llmforge.families import (
+    FAMILIES,
+    apply_preset,
+    check,
+    config_class,
+    config_keys,
+    family_of,
+    needs_preset,
+    translate,
+)
+from llmforge.packing import document_leak
+from llmforge.plugins import get_plugins
 from llmforge.stages import data
 from llmforge.stages.tokenizer import load_tokenizer
 
@@ -39,13 +55,16 @@ def fingerprint(ctx: Context) -> str:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    cfg: ModelConfig = ctx.recipe.model
+    cfg: ModelConfig = ctx.recipe.model  # its preset was applied when the recipe was built
     tok = load_tokenizer(ctx)
-    model = build_model(cfg, tok, seed=ctx.recipe.train.seed)
+    model = build_model(cfg, tok, seed=ctx.recipe.train.seed, console=ctx.console)
+    if ctx.recipe.train is None or ctx.recipe.train.document_aware:
+        check_document_aware(model, tok.eos_token_id, cfg)
     params = sum(p.numel() for p in model.parameters())
     train_tokens = data.block_stats(ctx)["train"]["tokens"]
     info = {
         "arch": model.config.model_type,
+        "preset": cfg.preset,
         "parameters": params,
         "train_tokens": train_tokens,
         "tokens_per_parameter": round(train_tokens / params, 4),
@@ -54,31 +73,55 @@ def run(ctx: Context) -> dict[str, Any]:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
     ctx.console.print(
-        f"  {info['arch']} with {params / 1e6:.2f}M parameters; {train_tokens:,} training tokens = "
-        f"{info['tokens_per_parameter']:.2f} tokens/parameter (Chinchilla's guide: {CHINCHILLA_TOKENS_PER_PARAM}, "
-        f"i.e. {CHINCHILLA_TOKENS_PER_PARAM * params / 1e6:.1f}M tokens for this size)"
+        f"  {info['arch']}{f' (preset {cfg.preset})' if cfg.preset else ''} with {params / 1e6:.2f}M parameters; "
+        f"{train_tokens:,} training tokens = {info['tokens_per_parameter']:.2f} tokens/parameter (Chinchilla's "
+        f"guide: {CHINCHILLA_TOKENS_PER_PARAM}, i.e. {CHINCHILLA_TOKENS_PER_PARAM * params / 1e6:.1f}M tokens "
+        "for this size)"
     )
     return info
 
 
-def build_model(cfg: ModelConfig, tok: Any, seed: int) -> torch.nn.Module:
+def build_model(cfg: ModelConfig, tok: Any, seed: int, console: Console | None = None) -> torch.nn.Module:
+    """The recipe's model with the tokenizer's vocabulary and special ids, initialised from `seed`."""
+    console = console or Console()
+    if needs_preset(cfg):  # a ModelConfig(preset=...) built outside a Recipe
+        cfg = apply_preset(cfg, get_plugins())
     if cfg.from_pretrained:
-        return load_pretrained(cfg, tok)
+        return load_pretrained(cfg, tok, console)
     config = family_config(cfg, tok)
+    if not family_of(cfg.arch).verified:
+        console.print(
+            f"  note: llmforge has not verified '{cfg.arch}' end to end (verified: {', '.join(FAMILIES)}); its "
+            "sizes were set through transformers' standard config keys. Check the parameter count."
+        )
     transformers.set_seed(seed)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+    try:
+        return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(
+            f"transformers cannot build model.arch '{cfg.arch}' as configured: {_first_line(exc)}"
+        ) from exc
 
 
-def load_pretrained(cfg: ModelConfig, tok: Any) -> torch.nn.Module:
+def load_pretrained(cfg: ModelConfig, tok: Any, console: Console) -> torch.nn.Module:
     if cfg.trust_remote_code:
-        print(f"  trust_remote_code is on: code from '{cfg.from_pretrained}' may run.")
+        console.print(
+            f"  [bold yellow]trust_remote_code is on[/]: Python code from '{cfg.from_pretrained}' may run "
+            "(model.trust_remote_code: true in the recipe)."
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(
             cfg.from_pretrained, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation
         )
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"Cannot load model.from_pretrained '{cfg.from_pretrained}': {first}") from exc
+        hint = (
+            " It ships its own model code: set model.trust_remote_code: true if you trust its authors."
+            if "trust_remote_code" in str(exc)
+            else ""
+        )
+        raise ConfigError(
+            f"Cannot load model.from_pretrained '{cfg.from_pretrained}': {_first_line(exc)}{hint}"
+        ) from exc
     positions = _max_positions(model.config)
     if positions is not None and cfg.context_length > positions:
         raise ConfigError(
@@ -93,69 +136,38 @@ def load_pretrained(cfg: ModelConfig, tok: Any) -> torch.nn.Module:
 
 def family_config(cfg: ModelConfig, tok: Any) -> PretrainedConfig:
     """Translate the recipe's sizes to the family's config keys and validate the result."""
-    known = sorted(transformers.models.auto.configuration_auto.CONFIG_MAPPING.keys())
-    if cfg.arch not in known:
-        raise ConfigError(
-            f"model.arch '{cfg.arch}' is not a transformers model_type{did_you_mean(cfg.arch, known)}. "
-            f"Known (closest first): {', '.join(closest(cfg.arch, known)[:12])}, ..."
-        )
-    if cfg.n_embd % cfg.n_head:
-        raise ConfigError(f"model.n_head {cfg.n_head} must divide model.n_embd {cfg.n_embd}.")
-    if cfg.n_kv_head is not None and cfg.n_head % cfg.n_kv_head:
-        raise ConfigError(f"model.n_kv_head {cfg.n_kv_head} must divide model.n_head {cfg.n_head}.")
-    for key in ("n_layer", "n_embd", "n_head", "context_length"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"model.{key} must be at least 1, got {getattr(cfg, key)}.")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.dropout}.")
-    config_class = type(AutoConfig.for_model(cfg.arch))
-    valid = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
-    keys = _translate(cfg)
-    for key in cfg.extra:
-        if key not in valid:
-            raise ConfigError(
-                f"model.extra.{key} is not a {cfg.arch} config key{did_you_mean(key, valid)}. "
-                f"Valid keys: {', '.join(sorted(valid))}."
-            )
+    if needs_preset(cfg):
+        cfg = apply_preset(cfg, get_plugins())
+    check(cfg)  # arch, sizes, n_kv_head and extra keys, as when the recipe was loaded
+    valid = config_keys(config_class(cfg.arch))
+    keys, _ = translate(family_of(cfg.arch), cfg, valid)
     keys.update(cfg.extra)
-    keys = {k: v for k, v in keys.items() if k in valid}
     keys["vocab_size"] = len(tok)
     keys.update(_special_ids(tok))
-    return AutoConfig.for_model(cfg.arch, **keys)
+    try:
+        config = AutoConfig.for_model(cfg.arch, **keys)
+    except Exception as exc:  # transformers validates its configs (ValueError, StrictDataclass errors, ...)
+        raise ConfigError(f"transformers rejects this {cfg.arch} config: {_first_line(exc)}") from exc
+    return config
 
 
-def _translate(cfg: ModelConfig) -> dict[str, Any]:
-    """One table from the recipe's words to each family's keys (unknown keys are dropped later)."""
-    if cfg.arch == "gpt2":
-        return {
-            "n_layer": cfg.n_layer,
-            "n_embd": cfg.n_embd,
-            "n_head": cfg.n_head,
-            "n_positions": cfg.context_length,
-            "resid_pdrop": cfg.dropout,
-            "embd_pdrop": cfg.dropout,
-            "attn_pdrop": cfg.dropout,
-            "tie_word_embeddings": cfg.tie_embeddings,
-        }
-    # Llama-shaped families (llama, mistral, qwen2, ...) share these names.
-    intermediate = 256 * ((int(8 * cfg.n_embd / 3) + 255) // 256)
-    return {
-        "num_hidden_layers": cfg.n_layer,
-        "hidden_size": cfg.n_embd,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_kv_head or cfg.n_head,
-        "max_position_embeddings": cfg.context_length,
-        "intermediate_size": intermediate,
-        "attention_dropout": cfg.dropout,
-        "hidden_dropout": cfg.dropout,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "head_dim": cfg.n_embd // cfg.n_head,
-        # GPT-2-style families use other names for the same sizes:
-        "n_layer": cfg.n_layer,
-        "n_embd": cfg.n_embd,
-        "n_head": cfg.n_head,
-        "n_positions": cfg.context_length,
-    }
+def check_document_aware(model: torch.nn.Module, eos_id: int, cfg: ModelConfig) -> None:
+    """Refuse a model whose attention crosses packed documents despite restarting position ids."""
+    try:
+        leak = document_leak(model, eos_id)
+    except Exception as exc:  # a family that cannot run a packed row at all
+        raise ConfigError(
+            f"{model.config.model_type} failed a forward pass on a packed row: {type(exc).__name__}: "
+            f"{_first_line(exc)}. Check model.arch and its sizes, or set train.document_aware: false."
+        ) from exc
+    if leak:
+        what = f"'{cfg.from_pretrained}'" if cfg.from_pretrained else f"model.arch '{cfg.arch}'"
+        raise ConfigError(
+            f"{what} ({model.config.model_type}) does not keep packed documents apart: with position ids that "
+            "restart at each document its attention still reaches the previous ones. Set train.document_aware: "
+            f"false to train with plain causal attention across documents, or use a family that supports it "
+            f"(verified: {', '.join(FAMILIES)})."
+        )
 
 
 def _special_ids(tok: Any) -> dict[str, int | None]:
@@ -174,3 +186,8 @@ def _max_positions(config: PretrainedConfig) -> int | None:
         if isinstance(getattr(config, key, None), int):
             return getattr(config, key)
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

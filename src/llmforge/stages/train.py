@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import math
 import shutil
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, EarlyStoppingCallback, Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
@@ -28,6 +30,8 @@ from llmforge.errors import ConfigError, RunDirError, TrainingError
 from llmforge.packing import DocumentMaskGuard, PackedCollator
 from llmforge.stages import data
 from llmforge.stages.tokenizer import load_tokenizer
+from llmforge.streaming import StreamingBlocks, streaming_trainer_class
+from llmforge.streaming import load_state as stream_state
 from llmforge.trainer import LlmforgeTrainer, fused_loss_supported
 
 ARTEFACT = "train/final"
@@ -59,6 +63,8 @@ def compat_fingerprint(ctx: Context) -> str:
 def run(ctx: Context) -> dict[str, Any]:
     cfg: TrainConfig = ctx.recipe.train
     validate(cfg)
+    if streaming(ctx):
+        validate_streaming(cfg)
     tok = load_tokenizer(ctx)
     blocks = data.blocks(ctx)
     return retry_on_oom(ctx, cfg, lambda attempt: fit(ctx, attempt, tok, blocks))
@@ -108,7 +114,7 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
     T = ctx.recipe.model.context_length
     world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * T * world
-    steps = planned_steps(cfg, len(blocks["train"]), world)
+    steps = cfg.max_steps if streaming(ctx) else planned_steps(cfg, len(blocks["train"]), world)
     compile_body = cfg.torch_compile and cfg.fused_loss and world == 1 and fused_loss_supported(model)
     if compile_body:  # the fused loss calls the body directly, so compile the body, not the wrapper
         model.base_model.compile()
@@ -118,6 +124,12 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
         steps,
         width=ctx.recipe.model.n_embd,
     )
+    train_set = blocks["train"].with_format("torch")
+    trainer_class: type = LlmforgeTrainer
+    if streaming(ctx):  # read the stream from its saved position; Trainer must not replay batches
+        args.ignore_data_skip = True
+        train_set = streaming_train_set(ctx, tok, resume, args.process_index, args.world_size)
+        trainer_class = streaming_trainer_class(LlmforgeTrainer)
     callback = LlmforgeCallback(
         "train",
         ctx.run_dir,
@@ -127,14 +139,16 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
         compat_fingerprint(ctx),
         cfg.keep_last,
         divergence_factor=cfg.divergence_factor,
+        stream=train_set if streaming(ctx) else None,
+        blocks_per_step=cfg.batch_size * cfg.grad_accum,
     )
     callbacks: list[Any] = [callback]
     if cfg.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping))
-    trainer = LlmforgeTrainer(
+    trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=blocks["train"].with_format("torch"),
+        train_dataset=train_set,
         eval_dataset=blocks["validation"].with_format("torch"),
         data_collator=PackedCollator(tok.eos_token_id, cfg.document_aware),
         processing_class=tok,
@@ -154,15 +168,23 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
         f"x {T}{f' x {world} processes' if world > 1 else ''})"
     )
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+    if resume is not None and resume[1] >= steps and not cfg.early_stopping:
+        # Training had finished; only the final save was cut short. Trainer would take one more step.
+        model.load_state_dict(load_file(resume[0] / "model.safetensors"), strict=False)
+        trainer.state.global_step = resume[1]
+        train_loss = logged(ctx, "train_loss", resume[1])
+        evaluation = logged(ctx, "eval_loss", resume[1], whole_row=True)
+    else:
+        train_loss = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None).training_loss
+        evaluation = last_evaluation(trainer)
     wall = time.perf_counter() - started
     if guard is not None:
         guard.remove()
-    evaluation = last_evaluation(trainer) or trainer.evaluate()
+    evaluation = evaluation or trainer.evaluate()
     done_steps = trainer.state.global_step - (resume[1] if resume else 0)
     outputs = {
         "steps": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "val_loss": evaluation["eval_loss"],
         "val_perplexity": math.exp(min(evaluation["eval_loss"], 50)),
         "unigram_perplexity": data.block_stats(ctx)["validation"]["unigram_perplexity"],
@@ -174,6 +196,60 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
         save_final(trainer, tok, ctx.path("train", "final"), ctx.fingerprints["train"], outputs)
     ctx.cache.setdefault("models", {})["train"] = trainer.model  # the evaluate stage scores it without a reload
     return outputs
+
+
+def streaming(ctx: Context) -> bool:
+    return ctx.recipe.data is not None and ctx.recipe.data.streaming
+
+
+def validate_streaming(cfg: TrainConfig) -> None:
+    if not cfg.max_steps:
+        raise ConfigError("data.streaming: true needs train.max_steps: a stream has no length to count epochs by.")
+    if cfg.dataloader_workers:
+        raise ConfigError(
+            "data.streaming: true reads the stream in the training process (its position is checkpointed exactly); "
+            "set train.dataloader_workers: 0."
+        )
+
+
+def streaming_train_set(
+    ctx: Context, tok: Any, resume: tuple[Path, int] | None, rank: int, world: int
+) -> StreamingBlocks:
+    """This rank's endless packed blocks from the stream, starting where the checkpoint left off."""
+    cfg = ctx.recipe.data
+    state = stream_state(resume[0], rank, world) if resume else None
+    train_set = StreamingBlocks(
+        data.open_stream(cfg, ctx),
+        tok,
+        ctx.recipe.model.context_length,
+        first_row=cfg.val_documents,
+        max_rows=cfg.max_documents,
+        rank=rank,
+        world=world,
+        state=state,
+        where=data.where_of(cfg),
+        column=cfg.text_column,
+    )
+    if state is not None:
+        ctx.console.print(
+            f"  stream position: epoch {state['epoch']}, row {state['rows']:,}, {len(state['carry'])} carried-over "
+            f"tokens, {state['blocks']:,} blocks trained{f' (process {rank})' if world > 1 else ''}"
+        )
+    return train_set
+
+
+def logged(ctx: Context, key: str, step: int, whole_row: bool = False) -> Any:
+    """The last value of `key` that this stage logged at `step` in metrics.jsonl (None if there is none)."""
+    path = ctx.path("metrics.jsonl")
+    found = None
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("stage") == "train" and row.get("step") == step and key in row:
+            found = row if whole_row else row[key]
+    return found
 
 
 def log_batch_change(ctx: Context, checkpoint: Path, tokens_per_step: int) -> None:
@@ -343,3 +419,4 @@ def save_final(
         if model.generation_config is not None and not (tmp / "generation_config.json").exists():
             model.generation_config.save_pretrained(str(tmp))  # a LoRA adapter dir: where generation stops
         tok.save_pretrained(str(tmp))
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: a model dir holds safetensors only
