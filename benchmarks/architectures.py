@@ -72,7 +72,7 @@ def parameters(model: dict, vocab: int) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def contender(model: dict, setting: dict, lr: float, max_documents: int | None) -> None:
+def contender(model: dict, setting: dict, lr: float, seed: int, max_documents: int | None) -> None:
     """One training run in this process; prints a RESULT line."""
     from rich.console import Console
 
@@ -98,7 +98,7 @@ def contender(model: dict, setting: dict, lr: float, max_documents: int | None) 
                 "lr": lr,
                 "warmup": 0.05,
                 "log_every": 1,
-                "seed": 1234,
+                "seed": seed,
             },
         }
     )
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, help="training tokens per contender (default: 600k, smoke 25k)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for all (default 2e-3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per contender (default 2)")
+    parser.add_argument("--seed", type=int, default=1234, help="initialisation and data order, the same for all")
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     args = parser.parse_args()
     setting = dict(SMOKE if args.smoke else FULL)
@@ -145,7 +146,7 @@ def main() -> None:
     max_documents = 3000 if args.smoke else None
     if args.contender:
         torch.set_num_threads(args.threads)
-        return contender(json.loads(args.contender), setting, args.lr, max_documents)
+        return contender(json.loads(args.contender), setting, args.lr, args.seed, max_documents)
 
     torch.set_num_threads(args.threads)
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
@@ -155,20 +156,21 @@ def main() -> None:
     print(
         f"corpus {CORPUS.relative_to(CORPUS.parents[2])}{subset}, "
         f"BPE vocabulary {VOCAB}, context {setting['context_length']}, batch {setting['batch_size']}, "
-        f"~{setting['tokens']:,} training tokens each, lr {args.lr} (cosine, 5% warmup), seed 1234, precision auto"
+        f"~{setting['tokens']:,} training tokens each, lr {args.lr} (cosine, 5% warmup), seed {args.seed}, "
+        "precision auto"
     )
     results = []
     for model in models:
         print(f"  training {model} ...", flush=True)
-        extra = ["--threads", str(args.threads), "--lr", str(args.lr)]
+        extra = ["--threads", str(args.threads), "--lr", str(args.lr), "--seed", str(args.seed)]
         extra += (["--smoke"] if args.smoke else []) + (["--tokens", str(args.tokens)] if args.tokens else [])
         results.append(run_contender(__file__, json.dumps(model), extra, args.threads))
     if len({r["tokenizer"] for r in results}) != 1 or len({r["validation_tokens"] for r in results}) != 1:
         raise SystemExit("contenders saw different tokenizers or validation data: the comparison is void")
 
     print()
-    print("| arch | shape | parameters | tokens | val loss | perplexity | tokens/s | train time |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| arch | shape | parameters | tokens | val loss | perplexity | tokens/s median (p90) | train time | load |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         m = r["model"]
         shape = f"{m['n_layer']}x{m['n_embd']}, {m['n_head']} heads" + (

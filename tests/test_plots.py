@@ -134,3 +134,14 @@ def test_compare_losses_are_the_logged_ones(finished_run):
     ckpt = {s.step: s.val_loss for s in snaps if s.name.startswith("train/checkpoint")}
     assert ckpt == {3: pytest.approx(logged[3]), 6: pytest.approx(logged[6])}
     assert all(len(s.samples) == 1 and s.samples[0].startswith("Mr.") for s in snaps if s.stage == "train")
+
+
+def test_compare_chat_answers_with_tuned_models_and_continues_with_base_ones(finished_run):
+    from llmforge.compare import compare
+
+    snaps = compare(finished_run, ["What is the capital of France?"], chat=True, max_new_tokens=4)
+    base = [s for s in snaps if s.stage == "train"]
+    tuned = [s for s in snaps if s.stage == "finetune"]
+    assert base and tuned
+    assert all(s.samples[0].startswith("What is the capital of France?") for s in base)
+    assert all(not s.samples[0].startswith("What is the capital of France?") for s in tuned)

@@ -211,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="samples and validation loss of every saved checkpoint, side by side")
     p.add_argument("run_dir", metavar="RUN")
     p.add_argument("--prompt", action="append", required=True, help="a prompt to continue (repeatable)")
-    p.add_argument("--chat", action="store_true", help="answer each prompt as a user turn (fine-tuned models)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="models with a chat template answer each prompt as a user turn; others continue it",
+    )
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0, help="one sampling seed for every checkpoint (default 0)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")

@@ -58,7 +58,8 @@ def compare(
     score_missing: bool = True,
 ) -> list[Snapshot]:
     """Fill each snapshot's validation loss and one sample per prompt (the same seed for every model, so
-    the differences come from the weights)."""
+    the differences come from the weights). With `chat`, models with a chat template answer the prompt
+    as a user turn; the others (pretraining checkpoints) continue it."""
     from llmforge.generate import chat as chat_reply
     from llmforge.generate import generate, load
 
@@ -75,16 +76,30 @@ def compare(
             if logged:
                 snap.val_loss, snap.val_source = logged[-1], "logged"
         model, tok = load(snap.path)
+        _stop_like_final(model, run_dir / snap.stage / "final")
         if snap.val_loss is None and score_missing and snap.stage == "train":
             snap.val_loss, snap.val_source = _score(run_dir, model), "computed"
         for prompt in prompts:
             sampling: dict[str, Any] = dict(max_new_tokens=max_new_tokens, seed=seed, greedy=greedy)
-            if chat:
+            if chat and getattr(tok, "chat_template", None):  # a pretraining checkpoint has none: it continues
                 snap.samples.append(chat_reply(model, tok, prompt, **sampling).text)
             else:
                 snap.samples.append(prompt + generate(model, tok, prompt, **sampling))
         del model
     return result
+
+
+def _stop_like_final(model: Any, final: Path) -> None:
+    """A Trainer checkpoint's generation config stops at EOS only; the stage's final model also stops at
+    the chat template's end-of-turn token. Use the final's stop ids so checkpoints answer alike."""
+    import json
+
+    path = final / "generation_config.json"
+    if model.generation_config is None or not path.is_file():
+        return
+    stop = json.loads(path.read_text()).get("eos_token_id")
+    if stop is not None:
+        model.generation_config.eos_token_id = stop
 
 
 def _score(run_dir: Path, model: Any) -> float | None:

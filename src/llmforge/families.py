@@ -21,6 +21,7 @@ live in `plugins/llmforge_models`. `apply_preset` fills a ModelConfig from one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,9 +109,16 @@ def config_class(arch: str) -> type:
     return CONFIG_MAPPING[arch]
 
 
-def config_keys(cls: type) -> set[str]:
+@functools.cache
+def default_config(cls: type) -> Any:
+    """The config class's defaults (read only: the translation and the checks look at them)."""
+    return cls()
+
+
+@functools.cache
+def config_keys(cls: type) -> frozenset[str]:
     """The keys a family's config accepts: its fields and their standard aliases (attribute_map)."""
-    return set(cls().to_dict()) | set(getattr(cls, "attribute_map", {}))
+    return frozenset(default_config(cls).to_dict()) | frozenset(getattr(cls, "attribute_map", {}))
 
 
 def family_of(arch: str) -> Family:
@@ -125,7 +133,7 @@ def family_of(arch: str) -> Family:
             f"model.arch '{arch}' names its sizes in its own way (no {', '.join(missing)}), so llmforge cannot "
             f"translate model.n_layer/n_embd/n_head for it. Verified families: {', '.join(FAMILIES)}."
         )
-    default = cls()
+    default = default_config(cls)
     hidden, inner = getattr(default, "hidden_size", None), getattr(default, "intermediate_size", None)
     has_mlp = "intermediate_size" in valid and isinstance(hidden, int) and isinstance(inner, int) and hidden > 0
     return Family(
@@ -143,7 +151,7 @@ def mlp_width(n_embd: int, ratio: float) -> int:
     return 64 * math.ceil(ratio * n_embd / 64 - 1e-9)
 
 
-def translate(family: Family, cfg: ModelConfig, valid: set[str]) -> tuple[dict[str, Any], dict[str, str]]:
+def translate(family: Family, cfg: ModelConfig, valid: frozenset[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The family's config keys for the recipe's sizes, and which recipe key each one comes from."""
     words: dict[str, str] = {
         family.layers: "n_layer",
@@ -221,8 +229,7 @@ def check(cfg: ModelConfig) -> None:
 
 def _check_rotary(cls: type, keys: dict[str, Any], cfg: ModelConfig) -> None:
     """Rotary positions turn pairs of dimensions: the rotated part of each head must be even."""
-    default = cls()
-    rope = keys.get("rope_parameters", getattr(default, "rope_parameters", None))
+    rope = keys.get("rope_parameters", getattr(default_config(cls), "rope_parameters", None))
     if isinstance(rope, dict) and "rope_theta" not in rope:  # one set per layer type (sliding, full)
         rope = next((v for v in rope.values() if isinstance(v, dict)), None)
     if not isinstance(rope, dict):

@@ -164,16 +164,21 @@ def lengths_figure(lengths: np.ndarray, context_length: int, total_documents: in
     )
     ax.legend()
     labels = ["packing\n(llmforge)", "padding\n(each document\nin own rows)", "padding +\ntruncation"]
-    real = [stats["packing_kept"], stats["padding_real_share"], stats["truncation_real_share"]]
-    bars = ax_share.bar(labels, [100 * r for r in real], color=["tab:green", "tab:orange", "tab:red"])
-    ax_share.bar(labels, [100 * (1 - r) for r in real], bottom=[100 * r for r in real], color="lightgrey",
-                 label="padding or dropped")  # fmt: skip
-    for bar, share in zip(bars, real, strict=True):
-        ax_share.text(bar.get_x() + bar.get_width() / 2, 100 * share / 2, f"{share:.0%}", ha="center", va="center")
-    ax_share.set_ylim(0, 100)
-    ax_share.set_ylabel("% of training positions holding real tokens")
-    ax_share.set_title(f"truncation would drop {1 - stats['truncation_kept']:.0%} of the tokens")
-    ax_share.legend(loc="lower right")
+    kept = [stats["packing_kept"], 1.0, stats["truncation_kept"]]
+    real = [1.0, stats["padding_real_share"], stats["truncation_real_share"]]  # packed rows hold no padding
+    x = np.arange(len(labels))
+    for offset, values, name, color in (
+        (-0.2, kept, "tokens of the corpus trained on", "tab:green"),
+        (0.2, real, "row positions holding real tokens", "tab:blue"),
+    ):
+        bars = ax_share.bar(x + offset, [100 * v for v in values], width=0.4, label=name, color=color)
+        for bar, value in zip(bars, values, strict=True):
+            ax_share.text(bar.get_x() + bar.get_width() / 2, 100 * value + 1, f"{value:.0%}", ha="center", va="bottom")
+    ax_share.set_xticks(x, labels)
+    ax_share.set_ylim(0, 135)
+    ax_share.set_ylabel("% of tokens / % of positions")
+    ax_share.set_title(f"rows of {context_length} tokens: what each way keeps")
+    ax_share.legend(loc="upper center", ncols=1, fontsize="small")
     return fig
 
 

@@ -250,7 +250,7 @@ def draw_pictures(stage: str, ctx: Context) -> None:
     from llmforge import plots
 
     try:
-        if stage == "tokenizer" and ctx.recipe.data is not None:
+        if stage == "tokenizer" and rundir.is_complete(ctx.path("data", "documents")):  # not when streaming
             path = plots.write_lengths_plot(ctx.run_dir, ctx.recipe.model.context_length)
         elif stage in plots.TRAINING_STAGES and plots.read_metrics(ctx.run_dir):
             path = plots.write_loss_plot(ctx.run_dir)

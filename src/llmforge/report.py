@@ -106,6 +106,7 @@ def _report(recipe, out, console, budget_flops, budget_hours, flops_per_second, 
         "chinchilla_tokens": CHINCHILLA_TOKENS_PER_PARAM * params,
         "chinchilla_parameters": train_tokens / CHINCHILLA_TOKENS_PER_PARAM,
         "planned_flops": 6 * params * planned * tokens_per_step,
+        "streaming": bool(recipe.data.streaming),
     }
     if budget_flops is not None or budget_hours is not None:
         report["budget"] = suggest(recipe, out, report, budget_flops, budget_hours, flops_per_second, console)
@@ -191,25 +192,37 @@ def measure_throughput(recipe: Any, out: Path, report: dict[str, Any], console: 
     from llmforge.stages import model as model_stage
 
     tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
-    model = model_stage.build_model(recipe.model, tok, seed=0)
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    model = model_stage.build_model(recipe.model, tok, seed=0).to(device)
     model.train()
     batch = recipe.train.batch_size if recipe.train else 8
+    if not cuda:
+        batch = min(batch, 4)  # a CPU measurement of a big model must not take minutes
     T = report["context_length"]
-    ids = torch.randint(0, len(tok), (batch, T))
+    ids = torch.randint(0, len(tok), (batch, T), device=device)
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    bf16 = cuda and torch.cuda.is_bf16_supported()
     console.print(f"  timing the model: 1 warm-up + 3 steps of {batch} x {T} tokens on this machine ...")
     times = []
     for i in range(4):
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
         optim.step()
         optim.zero_grad()
+        if cuda:
+            torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t0)
     tps = batch * T / (sum(times) / len(times))
-    device = "GPU" if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    return 6 * report["parameters"] * tps, f"measured now: 3 fp32 steps of {batch} x {T} tokens ({device})"
+    where = (
+        f"{torch.cuda.get_device_name()}, {'bf16' if bf16 else 'fp32'}"
+        if cuda
+        else f"CPU, {torch.get_num_threads()} threads, fp32"
+    )
+    return 6 * report["parameters"] * tps, f"measured now: 3 steps of {batch} x {T} tokens ({where})"
 
 
 def _read_json(path: Path) -> Any:
@@ -258,6 +271,12 @@ def print_report(console: Console, r: dict[str, Any], kept: Path | None) -> None
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    if r.get("streaming"):
+        console.print(
+            "[yellow]data.streaming: these counts are of the head of the stream the data stage reads (the "
+            "validation rows and the tokenizer's sample), not of the corpus, which is read while training. "
+            "The planned steps and tokens, and the budget below, do not depend on it.[/]"
+        )
     b = r.get("budget")
     if b:
         how = f"{b['hours']:g} h x {b['flops_per_second']:.3g} FLOP/s, {b['throughput_source']}" if b["hours"] else ""

@@ -21,7 +21,9 @@ NAN_ADVICE = (
     "Lower the learning rate (lr) or raise warmup, check the data for corrupted documents, "
     "or train in fp32 (or bf16 instead of fp16)."
 )
-FUSED_LOSS_FAMILIES = {"gpt2", "llama", "mistral", "qwen2", "qwen3"}  # a plain linear head, no logit scaling
+# Families whose logits are exactly `lm_head(base_model(...).last_hidden_state)`: a plain linear head, no logit
+# scaling (cohere, granite) or soft-capping (gemma2/3). tests/test_families.py checks each against the model's loss.
+FUSED_LOSS_FAMILIES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "olmo2", "smollm3", "phi3", "gpt_neox"}
 
 
 class LlmforgeTrainer(Trainer):

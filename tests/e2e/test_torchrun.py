@@ -26,10 +26,9 @@ def test_two_process_torchrun_of_the_tiny_recipe(tmp_path):
     done = subprocess.run(
         [
             torchrun,
+            "--standalone",  # a free port on localhost (--master_port 0 hangs the gloo process group)
             "--nproc_per_node",
             "2",
-            "--master_port",
-            "0",
             "--no-python",
             "llmforge",
             "run",

@@ -370,6 +370,7 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int, width: in
         remove_unused_columns=False,
         use_cache=False,
         logging_nan_inf_filter=False,  # a NaN must show, not be averaged away
+        ddp_find_unused_parameters=False,  # every weight gets a gradient: no extra pass under DDP
         use_cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         **precision_flags(cfg.precision, width),
     )
