@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from llmforge.stages.model import build_model, check_document_aware, family_conf
 from llmforge.trainer import FUSED_LOSS_FAMILIES, chunked_causal_lm_loss, fused_loss_supported
 
 ARCHS = sorted(FAMILIES)
+SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data" / "benchmarks"
 EOS = 3  # make_tokenizer's <|endoftext|>
 
 
@@ -344,10 +346,16 @@ def _weights(model) -> dict[str, torch.Tensor]:
 def test_tiny_recipe_per_family(corpus_file, tmp_path, arch):
     """Pack, train with the fused loss, resume exactly, save plain HF, generate and evaluate: one family."""
     recipe = tiny_recipe_dict(corpus_file, max_steps=4, save_every=2, eval_every=None, log_every=1)
-    recipe["model"] = {"arch": arch, "n_layer": 1, "n_embd": 32, "n_head": 2, "context_length": 32}
+    recipe["model"] = {
+        "arch": arch,
+        "n_layer": 1,
+        "n_embd": 32,
+        "n_head": 2,
+        "context_length": 64,
+    }  # room for HellaSwag
     if FAMILIES[arch].kv_heads:
         recipe["model"]["n_kv_head"] = 1
-    recipe["evaluate"] = {"perplexity": True}
+    recipe["evaluate"] = {"perplexity": True, "benchmarks": ["hellaswag"], "data_dir": str(SAMPLES), "limit": 2}
     out = tmp_path / "run"
     Recipe.from_dict(recipe).run(out)
     final = out / "train" / "final"
@@ -372,5 +380,7 @@ def test_tiny_recipe_per_family(corpus_file, tmp_path, arch):
     logged = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in r]
     assert [r["step"] for r in logged] == [1, 2, 3, 4]
     assert logged[-1]["loss"] < logged[0]["loss"]  # it learns
-    results = json.loads((out / "eval" / "results.json").read_text())
+    results = json.loads((out / "eval" / "results.json").read_text())  # the evaluate stage: perplexity and lm-eval
     assert results["perplexity"]["validation"]["loss"] == pytest.approx(info["val_loss"], rel=1e-4)
+    assert results["lm_eval"]["results"]["hellaswag"]["sample_len"] == 2
+    assert 0.0 <= results["table"]["HellaSwag acc_norm"] <= 1.0

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_recipe_dict
 from safetensors.torch import load_file
+
+from conftest import tiny_recipe_dict
 
 # Imported by the run through the recipe's `plugins:` list. With LLMFORGE_KILL_AT set, it pauses at
 # that point (writing a marker first) so the test can kill the process exactly there.

@@ -242,3 +242,49 @@ def test_sigkill_mid_stream_then_rerun_is_exact(tmp_path, corpus_text):
     assert losses == [(r["step"], r["loss"]) for r in ref if "loss" in r]
     final = json.loads((reference / "train" / "checkpoints" / "checkpoint-12" / "stream_state.json").read_text())
     assert final["states"][0]["epoch"] >= 1  # the run did cross the end of the stream
+
+
+# --- bounded memory for large file corpora ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["text", "jsonl"])
+def test_on_disk_path_of_file_sources_gives_the_same_run(tmp_path, corpus_text, source):
+    """Above data.options.stream_bytes the text/jsonl sources write documents one by one to disk:
+    the documents, the split and the packed blocks are those of the in-memory path."""
+    docs = paragraphs(corpus_text)
+    if source == "text":
+        corpus = tmp_path / "book.txt"
+        corpus.write_text(corpus_text, encoding="utf-8")
+        data = {"source": "text", "path": str(corpus), "documents": "paragraph"}
+    else:
+        corpus = write_jsonl(tmp_path / "book.jsonl", docs)
+        data = {"source": "jsonl", "path": str(corpus)}
+    outs = {}
+    for name, options in (("memory", {}), ("disk", {"stream_bytes": 0})):
+        recipe = tiny_recipe_dict(corpus, max_steps=1, eval_every=None, save_every=None)
+        recipe["data"] = {**data, "val_fraction": 0.1, "seed": 7, "options": options}
+        out = tmp_path / name
+        Recipe.from_dict(recipe).run(out, only="data", console=quiet())
+        Recipe.from_dict(recipe).run(out, only="tokenizer", console=quiet())
+        Recipe.from_dict(recipe).run(out, only="model", console=quiet())  # builds data/blocks
+        outs[name] = out
+    for part in ("documents", "blocks"):
+        a = datasets.load_from_disk(str(outs["memory"] / "data" / part))
+        b = datasets.load_from_disk(str(outs["disk"] / "data" / part))
+        for split in ("train", "validation"):
+            assert a[split].to_dict() == b[split].to_dict(), (part, split)
+    assert not (outs["disk"] / "data" / "source-cache").exists()  # the copy is removed once documents/ exists
+
+
+def test_large_text_input_is_written_to_the_cache_dir_not_held_in_memory(tmp_path, corpus_text):
+    from llmforge.config import DataConfig
+    from llmforge_sources import load_text
+
+    corpus = tmp_path / "book.txt"
+    corpus.write_text(corpus_text, encoding="utf-8")
+    cfg = DataConfig(source="text", path=str(corpus), documents="paragraph", options={"stream_bytes": 0})
+    ds = load_text(cfg, cache_dir=str(tmp_path / "cache"))
+    assert ds.cache_files and all(str(tmp_path / "cache") in f["filename"] for f in ds.cache_files)
+    assert [t.strip() for t in ds["text"] if t.strip()] == paragraphs(corpus_text)
+    small = load_text(DataConfig(source="text", path=str(corpus), documents="paragraph"))
+    assert not small.cache_files and small["text"] == ds["text"]

@@ -92,7 +92,7 @@ def read_text_file(path: Path, encoding: str) -> str:
 def load_text(config: DataConfig, cache_dir: str | None = None) -> datasets.Dataset:
     column = config.text_column or "text"  # a text file has one column whatever is asked
     paths = expand_paths(config, TEXT_SUFFIXES)
-    if _large(paths):
+    if _large(paths, config):
         return _on_disk(_text_documents, paths, config, column, cache_dir)
     return datasets.Dataset.from_dict({column: [doc for _, doc in _text_documents(paths, config, column)]})
 
@@ -110,8 +110,12 @@ def _text_documents(paths: list[Path], config: DataConfig, column: str) -> Any:
                 yield path, line
 
 
-def _large(paths: list[Path]) -> bool:
-    return sum(p.stat().st_size for p in paths) > STREAM_BYTES
+def _large(paths: list[Path], config: DataConfig | None = None) -> bool:
+    """More input than `data.options.stream_bytes` (default STREAM_BYTES): read it document by document."""
+    limit = (config.options.get("stream_bytes", STREAM_BYTES) if config is not None else None) or STREAM_BYTES
+    if config is not None and config.options.get("stream_bytes") == 0:
+        limit = -1  # 0: always on disk
+    return sum(p.stat().st_size for p in paths) > limit
 
 
 def _on_disk(documents: Any, paths: list[Path], config: DataConfig, column: str, cache_dir: str | None) -> Any:
@@ -137,7 +141,7 @@ def _on_disk(documents: Any, paths: list[Path], config: DataConfig, column: str,
 
 def load_jsonl(config: DataConfig, cache_dir: str | None = None) -> datasets.Dataset:
     paths = expand_paths(config, {".jsonl", ".ndjson"})
-    if config.text_column is not None and _large(paths):
+    if config.text_column is not None and _large(paths, config):
         return _on_disk(_jsonl_values, paths, config, config.text_column, cache_dir)
     return _dataset([value for _, value in _jsonl_values(paths, config, config.text_column)], config)
 

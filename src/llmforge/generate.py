@@ -31,7 +31,8 @@ def load(model_dir: str | Path) -> tuple[Any, Any]:
     except (OSError, ValueError, SafetensorError) as exc:  # missing, malformed or truncated files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"Cannot load the model in '{path}': {first}. The directory is incomplete or damaged: save or copy it again."
+            f"Cannot load the model in '{path}': {first}. "
+            "The directory is incomplete or damaged: save or copy it again."
         ) from exc
     model.eval()
     return model, tok

@@ -77,8 +77,14 @@ def build(documents: Path, tokenizer: Path, context_length: int, store: str | Pa
         shutil.copytree(tokenizer, tmp / "tokenizer", ignore=shutil.ignore_patterns(rundir.MANIFEST))
         args = [(*job, str(tokenizer / "tokenizer.json"), context_length, str(tmp)) for job in jobs]
         if num_proc > 1:
-            with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
-                results = pool.map(_pack_shard, args)
+            # one tokenizer thread per worker: the processes are the parallelism (no oversubscription)
+            saved = os.environ.get("RAYON_NUM_THREADS")
+            os.environ["RAYON_NUM_THREADS"] = "1"
+            try:
+                with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
+                    results = pool.map(_pack_shard, args)
+            finally:
+                os.environ.pop("RAYON_NUM_THREADS") if saved is None else os.environ.update(RAYON_NUM_THREADS=saved)
         else:
             results = [_pack_shard(a) for a in args]
         info = _manifest(results, context_length, tmp / "tokenizer", input_bytes)

@@ -4,6 +4,7 @@ Deep Lake dataset the test builds."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -37,7 +38,7 @@ def test_smoke_run_on_a_local_deeplake_dataset(tmp_path):
         ["llmforge", "run", str(EXAMPLE / "recipe.yaml"), "--smoke", "--set", f"data.path={data}", "--out", str(out)],
         capture_output=True,
         text=True,
-        env={"OMP_NUM_THREADS": "1", **__import__("os").environ},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

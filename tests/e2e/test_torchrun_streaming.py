@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -101,7 +102,10 @@ def test_two_ranks_read_distinct_rows_of_the_stream(tmp_path, corpus_text):
 @pytest.mark.slow
 def test_sigkill_two_process_streaming_run_then_rerun_is_exact(tmp_path, corpus_text):
     (tmp_path / "slow_steps.py").write_text(
-        "import time\nfrom llmforge import hookimpl\n\n@hookimpl\ndef on_log(stage, metrics):\n    time.sleep(0.3)\n"
+        "import os, time\nfrom llmforge import hookimpl\n\n@hookimpl\ndef on_log(stage, metrics):\n"
+        "    if 'loss' in metrics:\n"
+        f"        open({str(tmp_path / 'steps.log')!r}, 'a').write(f\"{{os.getppid()}} {{metrics['step']}}\\n\")\n"
+        "    time.sleep(0.3)\n"
     )
     recipe = streaming_recipe(tmp_path, corpus_text, 60, max_steps=10, save_every=5, eval_every=None)
     mapping = yaml.safe_load(recipe.read_text())
@@ -118,12 +122,19 @@ def test_sigkill_two_process_streaming_run_then_rerun_is_exact(tmp_path, corpus_
     while not marker.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert marker.exists(), "checkpoint-5 never completed"
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, as a lost machine would
+    # the launcher and both workers at once, as a lost machine would (torchrun starts each worker in a
+    # session of its own, so the launcher's process group does not hold them)
+    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+        p.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
+    assert not (run / "train" / "final").exists()
     rerun = launch(recipe, run, 2, tmp_path)
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, out[-2000:] + err[-2000:]
-    assert "resuming from checkpoint-5" in out
+    # the rerun trained steps 6-10 only (its launcher's process logged them), after the killed run's 1-5
+    logged = [line.split() for line in (tmp_path / "steps.log").read_text().splitlines()]
+    last = logged[-1][0]
+    assert [int(step) for pid, step in logged if pid == last] == [6, 7, 8, 9, 10]
     a = load_file(tmp_path / "reference" / "train" / "final" / "model.safetensors")
     b = load_file(run / "train" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

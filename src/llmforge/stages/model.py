@@ -58,7 +58,7 @@ def run(ctx: Context) -> dict[str, Any]:
     cfg: ModelConfig = ctx.recipe.model  # its preset was applied when the recipe was built
     tok = load_tokenizer(ctx)
     model = build_model(cfg, tok, seed=ctx.recipe.train.seed, console=ctx.console)
-    if ctx.recipe.train is None or ctx.recipe.train.document_aware:
+    if ctx.recipe.train.document_aware:  # refuse a family that would silently attend across documents
         check_document_aware(model, tok.eos_token_id, cfg)
     params = sum(p.numel() for p in model.parameters())
     train_tokens = data.block_stats(ctx)["train"]["tokens"]
