@@ -30,7 +30,7 @@ SHAPES = {
 CONFIGS = {
     "124m defaults": ("gpt2-124m", {}),
     "124m + torch.compile": ("gpt2-124m", {"torch_compile": True}),
-    "124m model's own loss": ("gpt2-124m", {"fused_loss": False}),
+    "124m chunked loss": ("gpt2-124m", {"fused_loss": True}),
     "124m mmap allocator": ("gpt2-124m", {"keep_freed_memory": False}),
     "124m fp32": ("gpt2-124m", {"precision": "fp32"}),
     "tiny defaults": ("tiny-example", {}),
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--contender")
     parser.add_argument("--tokenizer")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--configs", help="comma-separated subset of: " + ", ".join(CONFIGS))
     args = parser.parse_args()
     steps = args.steps or (3 if args.smoke else 6)
     if args.contender:
@@ -123,7 +124,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_tokenizer(Path(tmp) / "tok", GPT2_VOCAB)
         results = []
-        for name in SMOKE if args.smoke else CONFIGS:
+        chosen = args.configs.split(",") if args.configs else (SMOKE if args.smoke else list(CONFIGS))
+        for name in chosen:
             r = run_contender(
                 __file__,
                 name,

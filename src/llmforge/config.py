@@ -145,9 +145,10 @@ class TrainConfig:
         True, "CPU training on Linux: reuse freed memory instead of returning it to the OS (fewer page faults)."
     )
     fused_loss: bool = _f(
-        True,
+        False,
         "Compute the loss in chunks without materialising the logits (families in "
-        "llmforge.trainer.FUSED_LOSS_FAMILIES; others use the model's own loss).",
+        "llmforge.trainer.FUSED_LOSS_FAMILIES). Saves memory; measured slower than the model's own loss on a CPU "
+        "(docs/performance.md), so off by default.",
     )
     report_to: list[str] = _f(["none"], "Trainer integrations: tensorboard, wandb, mlflow or none.")
     on_nan: Literal["stop", "skip_batch"] = _f(
