@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import tiny_recipe_dict
+from conftest import REPO, tiny_recipe_dict
 
 # Imported by the run through the recipe's `plugins:` list. With LLMFORGE_KILL_AT set, it pauses at
 # that point (writing a marker first) so the test can kill the process exactly there.
@@ -132,3 +132,58 @@ def test_kill_then_rerun_matches_an_uninterrupted_run(point, reference, tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a), f"weights differ after a kill at {point}"
     assert _train_rows(out) == _train_rows(ref_dir / "run")
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def _finetune_recipe(tmp_path: Path, corpus: Path) -> Path:
+    (tmp_path / "kill_points.py").write_text(KILL_PLUGIN)
+    mapping = tiny_recipe_dict(corpus, max_steps=4, save_every=2, eval_every=None)
+    mapping["finetune"] = {
+        "source": "jsonl",
+        "path": str(REPO / "examples" / "data" / "instruct" / "alpaca.jsonl"),
+        "format": "alpaca",
+        "chat_template": "chatml",
+        "loss_mask": "assistant_only",
+        "max_length": 32,
+        "length_policy": "truncate",
+        "max_steps": 8,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "save_every": 2,
+        "eval_every": 4,
+        "log_every": 1,
+        "seed": 5,
+    }
+    mapping["plugins"] = ["kill_points"]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "point", ["finetune/checkpoints/checkpoint-4", "/finetune/"], ids=["checkpoint-4-save", "first-write"]
+)
+def test_kill_inside_the_finetune_stage_then_rerun_is_exact(point, tmp_path, corpus_text):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(corpus_text)
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    _finish(_start(_finetune_recipe(ref, corpus), ref / "run", ref))
+
+    recipe = _finetune_recipe(tmp_path, corpus)
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    # pretraining runs uninterrupted; the kill lands in the fine-tune stage's first (or a chosen) write
+    proc = _start(recipe, out, tmp_path, LLMFORGE_KILL_AT=point, LLMFORGE_KILL_MARKER=str(marker))
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the run never reached the kill point"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    _finish(_start(recipe, out, tmp_path))
+    a = load_file(ref / "run" / "finetune" / "final" / "model.safetensors")
+    b = load_file(out / "finetune" / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r.get("stage") == "finetune" and "loss" in r]
+    assert steps == list(range(1, 9))
