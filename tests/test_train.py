@@ -37,7 +37,8 @@ OOM_PLUGIN = """
     @hookimpl
     def prepare_model(model, stage, config):
         def refuse_big_batches(module, args, kwargs):
-            if module.training and kwargs["input_ids"].shape[0] > 2:
+            ids = kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
+            if module.training and ids.shape[0] > 2:
                 raise torch.OutOfMemoryError("simulated: CPU ran out of memory")
         model.base_model.register_forward_pre_hook(refuse_big_batches, with_kwargs=True)
 """
