@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import corpus_text, emit, machine, run_contender, target  # noqa: E402
+from benchlib import corpus_text, emit, machine, run_contender, target, train_bpe  # noqa: E402
 
 T = 1024
 CONTENDERS = ["raw", "seed", "store-1proc", "store-2proc"]
@@ -30,8 +30,6 @@ CONTENDERS = ["raw", "seed", "store-1proc", "store-2proc"]
 def prepare_inputs(work: Path, megabytes: int) -> tuple[Path, Path, int]:
     """Documents (paragraphs of the bundled corpus, repeated to `megabytes`) saved as a DatasetDict, a tokenizer."""
     import datasets
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     paras = [p.strip() for p in corpus_text().split("\n\n") if p.strip()]
     size = sum(len(p.encode()) for p in paras)
@@ -43,16 +41,7 @@ def prepare_inputs(work: Path, megabytes: int) -> tuple[Path, Path, int]:
         validation=datasets.Dataset.from_dict({"text": docs[:n_val]}),
     )
     dd.save_to_disk(str(work / "documents"))
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=8192,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(paras, trainer=trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|pad|>")
+    tok = train_bpe(paras)
     tok.save_pretrained(str(work / "tokenizer"))
     return work / "documents", work / "tokenizer", sum(len(d.encode()) for d in docs)
 

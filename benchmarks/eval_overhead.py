@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -25,6 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchlib import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "examples" / "data" / "benchmarks"
@@ -133,24 +135,6 @@ def same_scores(ours: Path, theirs_dir: Path) -> bool:
 def parameters(model: Path) -> str:
     config = json.loads((model / "config.json").read_text())
     return f"{config.get('n_layer')} layers x {config.get('n_embd')} wide, context {config.get('n_positions')}"
-
-
-def machine(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"machine: {cpu}, {os.cpu_count()} cores, {gpu}; {threads} thread(s) per process (OMP_NUM_THREADS); "
-        f"python {platform.python_version()}, torch {torch.__version__}"
-    )
 
 
 if __name__ == "__main__":

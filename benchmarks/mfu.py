@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import CORPUS, emit, machine, matmul_peak, run_contender, target  # noqa: E402
+from benchlib import CORPUS, emit, machine, matmul_peak, run_contender, target, train_bpe  # noqa: E402
 
 GPT2_VOCAB = 50257
 SHAPES = {
@@ -40,22 +40,7 @@ SMOKE = ["124m defaults", "tiny defaults"]
 
 def build_tokenizer(out: Path, vocab: int) -> None:
     """A BPE tokenizer of the bundled corpus padded to GPT-2's vocabulary size, so the head costs what GPT-2's does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=8192,
-        special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator((p.read_text() for p in sorted(CORPUS.glob("*.txt"))), trainer=trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|pad|>"
-    )
+    tok = train_bpe(p.read_text() for p in sorted(CORPUS.glob("*.txt")))
     tok.add_tokens([f"<|filler{i}|>" for i in range(vocab - len(tok))])
     tok.save_pretrained(str(out))
 
