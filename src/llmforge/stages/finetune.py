@@ -37,6 +37,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, EarlyS
 from transformers.trainer_callback import PrinterCallback
 
 from llmforge import rundir
+from llmforge.attention import document_attention
 from llmforge.callbacks import LlmforgeCallback, truncate_metrics
 from llmforge.config import DataConfig, FinetuneConfig, from_mapping
 from llmforge.context import Context
@@ -195,13 +196,14 @@ def fit(
         f"  {steps} steps of {cfg.batch_size} x {cfg.grad_accum}{f' x {world}' if world > 1 else ''} "
         f"{'packed rows' if cfg.packing else 'examples'} (about {tokens_per_step:,} tokens each)"
     )
-    started = time.perf_counter()
-    with _quiet_peft():
-        result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
-    wall = time.perf_counter() - started
-    if guard is not None:
-        guard.remove()
-    evaluation = last_evaluation(trainer) or trainer.evaluate()
+    with document_attention(model):
+        started = time.perf_counter()
+        with _quiet_peft():
+            result = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+        wall = time.perf_counter() - started
+        if guard is not None:
+            guard.remove()
+        evaluation = last_evaluation(trainer) or trainer.evaluate()
     done_steps = trainer.state.global_step - (resume[1] if resume else 0)
     best = trainer.state.best_model_checkpoint if args.load_best_model_at_end else None
     outputs = {

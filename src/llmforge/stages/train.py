@@ -23,6 +23,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from llmforge import rundir
 from llmforge.allocator import keep_freed_memory
+from llmforge.attention import document_attention
 from llmforge.callbacks import LlmforgeCallback, checkpoints, complete_checkpoints, truncate_metrics
 from llmforge.config import TrainConfig
 from llmforge.context import Context
@@ -167,20 +168,21 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
         f"  {steps} steps of {tokens_per_step:,} tokens ({cfg.batch_size} x {cfg.grad_accum} "
         f"x {T}{f' x {world} processes' if world > 1 else ''})"
     )
-    started = time.perf_counter()
-    if resume is not None and resume[1] >= steps and not cfg.early_stopping:
-        # Training had finished; only the final save was cut short. Trainer would take one more step.
-        model.load_state_dict(load_file(resume[0] / "model.safetensors"), strict=False)
-        trainer.state.global_step = resume[1]
-        train_loss = logged(ctx, "train_loss", resume[1])
-        evaluation = logged(ctx, "eval_loss", resume[1], whole_row=True)
-    else:
-        train_loss = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None).training_loss
-        evaluation = last_evaluation(trainer)
-    wall = time.perf_counter() - started
-    if guard is not None:
-        guard.remove()
-    evaluation = evaluation or trainer.evaluate()
+    with document_attention(model):
+        started = time.perf_counter()
+        if resume is not None and resume[1] >= steps and not cfg.early_stopping:
+            # Training had finished; only the final save was cut short. Trainer would take one more step.
+            model.load_state_dict(load_file(resume[0] / "model.safetensors"), strict=False)
+            trainer.state.global_step = resume[1]
+            train_loss = logged(ctx, "train_loss", resume[1])
+            evaluation = logged(ctx, "eval_loss", resume[1], whole_row=True)
+        else:
+            train_loss = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None).training_loss
+            evaluation = last_evaluation(trainer)
+        wall = time.perf_counter() - started
+        if guard is not None:
+            guard.remove()
+        evaluation = evaluation or trainer.evaluate()
     done_steps = trainer.state.global_step - (resume[1] if resume else 0)
     outputs = {
         "steps": trainer.state.global_step,
