@@ -180,6 +180,31 @@ def test_blocks_are_documents_joined_by_eos_in_order(finished, split):
     assert decoded.split(EOS)[0] == docs[0]
 
 
+def test_worker_processes_give_the_same_blocks_and_stats(finished, tmp_path):
+    """data.num_proc: 2 tokenizes in datasets.map workers; the blocks and every count equal one process's."""
+    corpus = tmp_path / "book.txt"
+    corpus.write_text(finished["corpus_text"], encoding="utf-8")
+    out = tmp_path / "run"
+    recipe = recipe_for(corpus)
+    recipe.data.num_proc = 2
+    recipe.run(out, until="model", console=quiet())  # the model stage packs the blocks (tokens per parameter)
+    blocks = datasets.load_from_disk(str(out / "data" / "blocks"))
+    for split in ("train", "validation"):
+        assert np.array_equal(
+            np.asarray(blocks[split]["input_ids"]), np.asarray(finished["blocks"][split]["input_ids"])
+        )
+    stats = json.loads((out / "data" / "stats.json").read_text())["blocks"]
+    expected = finished["stats"]["blocks"]
+    # the unigram perplexity is summed over other batch boundaries: equal to rounding
+    assert stats["validation"].pop("unigram_perplexity") == pytest.approx(
+        expected["validation"]["unigram_perplexity"], rel=1e-12
+    )
+    assert stats == {
+        **expected,
+        "validation": {k: v for k, v in expected["validation"].items() if k != "unigram_perplexity"},
+    }
+
+
 def test_unigram_perplexity_matches_an_independent_computation(finished):
     tok = finished["tok"]
     docs = splits(finished["out"])

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from llmforge.errors import DataError, RunDirError, TrainingError
+from llmforge.packer import Packer, encode_joined
 
 DOC_BATCH = 256  # documents tokenized at once; a resume re-reads at most one such batch
 STATE_FILE = "stream_state.json"
@@ -139,8 +140,6 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         self.first_block_seconds: float | None = None  # time from iter() to the first block (the resume cost)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        from llmforge.stages.data import Packer
-
         started = time.perf_counter()
         st = dict(self.state)
         while True:
@@ -148,10 +147,9 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             for texts, after in self.stream.stream_batches(st["source"], self.doc_batch, self.first_row, self.max_rows):
                 mine = [t for j, t in enumerate(texts) if (st["rows"] + j - self.first_row) % self.world == self.rank]
                 docs = clean_documents(mine, self.where, self.column)
-                encodings = self.backend.encode_batch(docs, add_special_tokens=False) if docs else []
                 packer = Packer(self.T)
                 packer.carry = np.asarray(st["carry"], dtype=np.int32)
-                blocks = packer.add([np.asarray(e.ids, dtype=np.int32) for e in encodings], self.eos)
+                blocks = packer.add(encode_joined(self.backend, docs, self.eos))
                 for k in range(st["skip"], len(blocks)):
                     # set before the yield: once this block is consumed, a resume starts at the next one
                     self.state = {**st, "skip": k + 1, "blocks": st["blocks"] + k + 1 - st["skip"]}

@@ -102,7 +102,7 @@ def _pack_shard(job: tuple) -> dict:
     import pyarrow as pa
     from tokenizers import Tokenizer
 
-    from llmforge.stages.data import Packer
+    from llmforge.packer import Packer, encode_joined
 
     split_dir, split, start, stop, name, tok_file, T, out = job
     tok = Tokenizer.from_file(tok_file)
@@ -116,11 +116,10 @@ def _pack_shard(job: tuple) -> dict:
     tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for batch in ds.iter(batch_size=1000):
-            ids = [np.asarray(e.ids, dtype=np.int32) for e in tok.encode_batch(batch["text"], add_special_tokens=False)]
-            if split == "train" and ids:
-                counts += np.bincount(np.concatenate(ids), minlength=vocab)
-                counts[eos] += len(ids)
-            blocks = packer.add(ids, eos)
+            joined = encode_joined(tok, batch["text"], eos)
+            if split == "train":
+                counts += np.bincount(joined, minlength=vocab)
+            blocks = packer.add(joined)
             if len(blocks):
                 column = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), type=pa.int32()), T)
                 writer.write_batch(pa.record_batch([column], schema=schema))

@@ -26,6 +26,7 @@ from llmforge import rundir, tokenstore
 from llmforge.config import DataConfig
 from llmforge.context import Context
 from llmforge.errors import ConfigError, DataError
+from llmforge.packer import Packer, encode_joined
 
 ARTEFACT = "data/documents"
 
@@ -331,11 +332,10 @@ def _build_blocks(ctx: Context, out: Path, fp: str) -> None:
                 schema = pa.schema([("input_ids", pa.list_(pa.int32(), T))])
                 nll, targets = 0.0, 0
                 with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-                    for ids, n_docs in token_batches(ds, tok, num_proc, scratch / f"{name}-map.arrow"):
-                        blocks = packer.add(ids, tok.eos_token_id)
+                    for joined, n_docs in token_batches(ds, tok, num_proc, scratch / f"{name}-map.arrow"):
+                        blocks = packer.add(joined)
                         if name == "train":
-                            train_counts += np.bincount(np.concatenate(ids), minlength=len(tok))
-                            train_counts[tok.eos_token_id] += len(ids)
+                            train_counts += np.bincount(joined, minlength=len(tok))
                         elif len(blocks):
                             nll, targets = _unigram_nll(train_counts, blocks, nll, targets)
                         if len(blocks):
@@ -362,45 +362,22 @@ def _build_blocks(ctx: Context, out: Path, fp: str) -> None:
     rundir.write_json(ctx.path("data", "stats.json"), {"documents": doc_stats, "blocks": stats})
 
 
-class Packer:
-    """Concatenate documents (each followed by EOS) and cut full blocks; the remainder carries over."""
-
-    def __init__(self, T: int) -> None:
-        self.T = T
-        self.carry = np.zeros(0, dtype=np.int32)
-        self.tokens = 0
-        self.blocks = 0
-
-    def add(self, docs: list[np.ndarray], eos: int) -> np.ndarray:
-        parts = [self.carry]
-        for ids in docs:
-            parts += [ids, np.array([eos], dtype=np.int32)]
-        flat = np.concatenate(parts).astype(np.int32, copy=False)
-        self.tokens += len(flat) - len(self.carry)
-        n = len(flat) // self.T
-        self.carry = flat[n * self.T :].copy()
-        self.blocks += n
-        return flat[: n * self.T].reshape(n, self.T)
-
-
 def token_batches(ds: datasets.Dataset, tok: Any, num_proc: int, cache: Path) -> Any:
-    """Yield (token id arrays without EOS, documents in batch): in process, or with `num_proc` workers."""
-    backend = tok.backend_tokenizer
+    """Yield (EOS-joined token ids of a batch of documents, documents in it): in process, or with `num_proc` workers."""
+    backend, eos = tok.backend_tokenizer, tok.eos_token_id
     if num_proc <= 1:
         for batch in ds.iter(batch_size=1000):
-            encodings = backend.encode_batch(batch["text"], add_special_tokens=False)
-            yield [np.asarray(e.ids, dtype=np.int32) for e in encodings], len(encodings)
+            yield encode_joined(backend, batch["text"], eos), len(batch["text"])
         return
 
-    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
-        return {"input_ids": [e.ids for e in backend.encode_batch(batch["text"], add_special_tokens=False)]}
+    def encode(batch: dict[str, list[str]]) -> dict[str, list[Any]]:  # one row per batch of documents
+        return {"joined": [encode_joined(backend, batch["text"], eos)], "documents": [len(batch["text"])]}
 
     mapped = ds.map(
         encode, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=["text"], cache_file_name=str(cache)
     )
-    for batch in mapped.with_format("numpy").iter(batch_size=1000):
-        ids = [np.asarray(x, dtype=np.int32) for x in batch["input_ids"]]
-        yield ids, len(ids)
+    for row in mapped.with_format("numpy"):
+        yield row["joined"].astype(np.int32, copy=False), int(row["documents"])
 
 
 def _progress(ctx: Context) -> Progress:

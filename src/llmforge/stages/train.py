@@ -194,6 +194,12 @@ def fit(ctx: Context, cfg: TrainConfig, tok: Any, blocks: Any) -> dict[str, Any]
         "tokens_per_second": round(done_steps * tokens_per_step / wall, 1) if wall > 0 else None,
         "train_seconds": round(wall, 1),
     }
+    if streaming(ctx) and resume is not None and train_set.first_block_seconds is not None:
+        # the whole cost of continuing the stream: open it at the saved position, read to the first new block
+        outputs["stream_resume_seconds"] = round(train_set.first_block_seconds, 4)
+        ctx.console.print(
+            f"  the stream continued from its saved position in {1000 * train_set.first_block_seconds:,.0f} ms"
+        )
     if args.should_save:
         save_final(trainer, tok, ctx.path("train", "final"), ctx.fingerprints["train"], outputs)
     ctx.cache.setdefault("models", {})["train"] = trainer.model  # the evaluate stage scores it without a reload

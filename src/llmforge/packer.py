@@ -1,0 +1,47 @@
+"""Documents to training blocks: tokenize, join with EOS, cut `context_length` blocks, carry the rest.
+
+Shared by the data stage, the token store's worker processes and the streaming reader, so the three
+produce the same blocks from the same documents. Kept to numpy and tokenizers: a token-store worker
+imports this module in a fresh process, and importing torch or the stages there cost seconds per worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+
+def encode_joined(backend: Any, texts: list[str], eos: int) -> np.ndarray:
+    """The texts' token ids, each text followed by EOS, as one int32 array.
+
+    `encode_batch_fast` skips the character offsets nothing here uses (12% faster on the bundled corpus);
+    one flat array avoids a numpy array per document.
+    """
+    if not texts:
+        return np.zeros(0, dtype=np.int32)
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    lists = [e.ids for e in encode(texts, add_special_tokens=False)]
+    for ids in lists:
+        ids.append(eos)
+    return np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=sum(map(len, lists)))
+
+
+class Packer:
+    """Concatenate EOS-joined token runs and cut full blocks; the remainder carries over to the next call."""
+
+    def __init__(self, T: int) -> None:
+        self.T = T
+        self.carry = np.zeros(0, dtype=np.int32)
+        self.tokens = 0
+        self.blocks = 0
+
+    def add(self, joined: np.ndarray) -> np.ndarray:
+        """Blocks [n, T] completed by `joined` (as encode_joined returns it)."""
+        flat = np.concatenate([self.carry, joined.astype(np.int32, copy=False)])
+        self.tokens += len(joined)
+        n = len(flat) // self.T
+        self.carry = flat[n * self.T :].copy()
+        self.blocks += n
+        return flat[: n * self.T].reshape(n, self.T)
