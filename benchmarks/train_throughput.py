@@ -3,8 +3,8 @@ recipe and against a bare PyTorch loop, on the same model shape, corpus, tokeniz
 
 The seed recipe (a popular tutorial): sentence-split text, each sentence padded to `max_length`,
 labels = input_ids, `GPT2Config` defaults (dropout 0.1), transformers `Trainer` defaults (fp32).
-The bare loop: llmforge's own packed blocks and initial model, the same precision, optimizer and
-schedule, `model(**batch).loss`, no Trainer. Each contender runs in its own process.
+The bare loop: llmforge's own packed blocks and initial model, the same precision, optimizer,
+schedule and attention, `model(**batch).loss`, no Trainer. Each contender runs in its own process.
 
     python benchmarks/train_throughput.py           # GPT-2 124M shape at context 256 (~6 minutes on 2 cores)
     python benchmarks/train_throughput.py --smoke   # a 4-layer, 256-wide model (under 2 minutes)
@@ -68,6 +68,7 @@ def bare_contender(shape: dict, tokenizer: str) -> dict:
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
     from llmforge.allocator import keep_freed_memory
+    from llmforge.attention import document_attention
     from llmforge.packing import PackedCollator
     from llmforge.stages.train import precision_flags
 
@@ -96,18 +97,19 @@ def bare_contender(shape: dict, tokenizer: str) -> dict:
     model.train()
     times = []
     batches = iter(loader)
-    for _ in range(steps):
-        start = time.perf_counter()
-        batch = next(batches)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
-        times.append(time.perf_counter() - start)
+    with document_attention(model):  # the same attention as llmforge's path: only the loop around it differs
+        for _ in range(steps):
+            start = time.perf_counter()
+            batch = next(batches)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            loss.item()
+            times.append(time.perf_counter() - start)
     step_time = sorted(times[WARM:])[len(times[WARM:]) // 2]
     return {"real_tokens_per_second": shape["batch_size"] * shape["context_length"] / step_time, "padding": 0.0}
 

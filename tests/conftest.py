@@ -57,3 +57,24 @@ def tiny_recipe(corpus_file: Path):
     from llmforge import Recipe
 
     return Recipe.from_dict(tiny_recipe_dict(corpus_file))
+
+
+def tiny_gpt2(attn: str = "sdpa", vocab_size: int = 50, n_positions: int = 32, eos: int = 0):
+    """A 2-layer, 32-wide GPT-2 without dropout or cache, seeded: a model forward in a few milliseconds."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        use_cache=False,
+    )
+    return GPT2LMHeadModel._from_config(cfg, attn_implementation=attn)

@@ -2,9 +2,10 @@ import types
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from conftest import tiny_gpt2
 from llmforge.attention import BLOCK, MATH_MAX_KEYS, NAME, document_attention, document_sdpa, key_starts
 from llmforge.packing import PackedCollator
 
@@ -83,21 +84,7 @@ def test_without_a_mask_it_is_plain_sdpa():
 
 
 def _gpt2(context: int) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=64,
-        n_positions=context,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        use_cache=False,
-    )
-    return GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
+    return tiny_gpt2("sdpa", vocab_size=64, n_positions=context, eos=EOS)
 
 
 def test_a_packed_document_sees_only_itself_while_training():

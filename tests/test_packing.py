@@ -1,6 +1,7 @@
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
+from conftest import tiny_gpt2
 from llmforge.errors import TrainingError
 from llmforge.packing import DocumentMaskGuard, PackedCollator, document_position_ids
 
@@ -24,21 +25,7 @@ def test_collator_gives_labels_equal_inputs_and_no_attention_mask():
 
 
 def _model(attn: str) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=50,
-        n_positions=32,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=EOS,
-        eos_token_id=EOS,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        use_cache=False,
-    )
-    return GPT2LMHeadModel._from_config(cfg, attn_implementation=attn).eval()
+    return tiny_gpt2(attn, eos=EOS).eval()
 
 
 def test_second_document_in_a_packed_row_sees_only_itself():
