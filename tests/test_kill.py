@@ -4,16 +4,12 @@ same command: the run finishes with the same weights and metrics as one that was
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from kill_helpers import finish, kill_when, start_run
 from safetensors.torch import load_file
 
 from conftest import REPO, tiny_recipe_dict
@@ -81,30 +77,13 @@ def _recipe(tmp_path: Path, corpus: Path) -> Path:
     return path
 
 
-def _start(recipe: Path, out: Path, tmp_path: Path, **env: str) -> subprocess.Popen:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path), **env}
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmforge.cli", "run", str(recipe), "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=full_env,
-    )
-
-
-def _finish(proc: subprocess.Popen) -> str:
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
-    return stdout
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, corpus_text):
     tmp = tmp_path_factory.mktemp("reference")
     corpus = tmp / "corpus.txt"
     corpus.write_text(corpus_text)
     recipe = _recipe(tmp, corpus)
-    _finish(_start(recipe, tmp / "run", tmp))
+    finish(start_run(recipe, tmp / "run", tmp))
     return tmp, corpus
 
 
@@ -118,15 +97,10 @@ def test_kill_then_rerun_matches_an_uninterrupted_run(point, reference, tmp_path
     ref_dir, corpus = reference
     recipe = _recipe(tmp_path, corpus)
     out, marker = tmp_path / "run", tmp_path / "marker"
-    proc = _start(recipe, out, tmp_path, LLMFORGE_KILL_AT=POINTS[point], LLMFORGE_KILL_MARKER=str(marker))
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), f"the run never reached {point}: {proc.stderr.read()[-2000:] if proc.poll() else ''}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc = start_run(recipe, out, tmp_path, LLMFORGE_KILL_AT=POINTS[point], LLMFORGE_KILL_MARKER=str(marker))
+    kill_when(proc, marker, point)
 
-    _finish(_start(recipe, out, tmp_path))  # the same command, no kill point
+    finish(start_run(recipe, out, tmp_path))  # the same command, no kill point
     a = load_file(ref_dir / "run" / "train" / "final" / "model.safetensors")
     b = load_file(out / "train" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), f"weights differ after a kill at {point}"
@@ -168,19 +142,14 @@ def test_kill_inside_the_finetune_stage_then_rerun_is_exact(point, tmp_path, cor
     corpus.write_text(corpus_text)
     ref = tmp_path / "ref"
     ref.mkdir()
-    _finish(_start(_finetune_recipe(ref, corpus), ref / "run", ref))
+    finish(start_run(_finetune_recipe(ref, corpus), ref / "run", ref))
 
     recipe = _finetune_recipe(tmp_path, corpus)
     out, marker = tmp_path / "run", tmp_path / "marker"
     # pretraining runs uninterrupted; the kill lands in the fine-tune stage's first (or a chosen) write
-    proc = _start(recipe, out, tmp_path, LLMFORGE_KILL_AT=point, LLMFORGE_KILL_MARKER=str(marker))
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), "the run never reached the kill point"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    _finish(_start(recipe, out, tmp_path))
+    proc = start_run(recipe, out, tmp_path, LLMFORGE_KILL_AT=point, LLMFORGE_KILL_MARKER=str(marker))
+    kill_when(proc, marker, point)
+    finish(start_run(recipe, out, tmp_path))
     a = load_file(ref / "run" / "finetune" / "final" / "model.safetensors")
     b = load_file(out / "finetune" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -3,38 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
+from kill_helpers import SLOW_PLUGIN, finish, kill_when, start_run
 from safetensors.torch import load_file
 
 from conftest import tiny_recipe_dict
-
-SLOW_PLUGIN = """
-import time
-from llmforge import hookimpl
-
-@hookimpl
-def on_log(stage, metrics):
-    time.sleep(0.15)  # slow each logged step down so the test can kill mid-run
-"""
-
-
-def _start(recipe: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmforge.cli", "run", str(recipe), "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 def _train_rows(out: Path) -> list[dict]:
@@ -50,25 +26,15 @@ def test_sigkill_mid_training_then_rerun_is_exact(tmp_path, corpus_file):
     path.write_text(yaml.safe_dump(recipe))
 
     reference = tmp_path / "reference"
-    done = _start(path, reference, tmp_path)
-    assert done.wait(timeout=300) == 0, done.stderr.read()
+    finish(start_run(path, reference, tmp_path))
 
     out = tmp_path / "killed"
-    proc = _start(path, out, tmp_path)
+    proc = start_run(path, out, tmp_path)
     marker = out / "train" / "checkpoints" / "checkpoint-6" / ".llmforge.json"
-    deadline = time.time() + 240
-    while not marker.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert marker.exists(), "checkpoint-6 never completed"
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(proc, marker, "checkpoint-6", settle=0.2)
     assert not (out / "train" / "final").exists()
 
-    rerun = _start(path, out, tmp_path)
-    stdout, stderr = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, stderr
+    stdout = finish(start_run(path, out, tmp_path))
     assert "resuming from checkpoint-" in stdout
 
     a = load_file(reference / "train" / "final" / "model.safetensors")

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
 import yaml
+from kill_helpers import SLOW_PLUGIN, finish, kill_when, start_run
 from rich.console import Console
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
@@ -179,26 +175,6 @@ def test_text_column_of_the_wrong_type_in_a_stream(tmp_path):
 
 # --- kill a streaming run and rerun it ----------------------------------------------------------
 
-SLOW_PLUGIN = """
-import time
-from llmforge import hookimpl
-
-@hookimpl
-def on_log(stage, metrics):
-    time.sleep(0.15)
-"""
-
-
-def _start(recipe: Path, out: Path, tmp_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "llmforge.cli", "run", str(recipe), "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-
 
 def test_sigkill_mid_stream_then_rerun_is_exact(tmp_path, corpus_text):
     (tmp_path / "slow_steps.py").write_text(SLOW_PLUGIN)
@@ -209,27 +185,17 @@ def test_sigkill_mid_stream_then_rerun_is_exact(tmp_path, corpus_text):
     path.write_text(yaml.safe_dump(recipe))
 
     reference = tmp_path / "reference"
-    done = _start(path, reference, tmp_path)
-    assert done.wait(timeout=300) == 0, done.stderr.read()
+    finish(start_run(path, reference, tmp_path))
 
     out = tmp_path / "killed"
-    proc = _start(path, out, tmp_path)
+    proc = start_run(path, out, tmp_path)
     marker = out / "train" / "checkpoints" / "checkpoint-6" / ".llmforge.json"
-    deadline = time.time() + 240
-    while not marker.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert marker.exists(), "checkpoint-6 never completed"
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(proc, marker, "checkpoint-6", settle=0.2)
     assert not (out / "train" / "final").exists()
     state = json.loads((out / "train" / "checkpoints" / "checkpoint-6" / "stream_state.json").read_text())
     assert state["states"][0]["blocks"] == 6 * 4
 
-    rerun = _start(path, out, tmp_path)
-    stdout, stderr = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, stderr
+    stdout = finish(start_run(path, out, tmp_path))
     assert "resuming from checkpoint-" in stdout and "stream position: epoch" in stdout
 
     a = load_file(reference / "train" / "final" / "model.safetensors")

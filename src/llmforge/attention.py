@@ -42,7 +42,7 @@ def key_starts(mask: torch.Tensor, block: int = BLOCK) -> list[int] | None:
     ref, starts = _last
     if ref() is mask:
         return starts
-    allowed = mask.any(1)  # [batch, queries, keys], over heads
+    allowed = mask[:, 0] if mask.shape[1] == 1 else mask.any(1)  # [batch, queries, keys], over heads
     T = allowed.shape[-1]
     first = allowed.to(torch.uint8).argmax(-1)  # first allowed key per query (0 for a fully masked row)
     starts = []
