@@ -78,3 +78,36 @@ def tiny_gpt2(attn: str = "sdpa", vocab_size: int = 50, n_positions: int = 32, e
         use_cache=False,
     )
     return GPT2LMHeadModel._from_config(cfg, attn_implementation=attn)
+
+
+def stream_recipe_dict(tmp_path: Path, docs: list[str], **train: object) -> dict:
+    """The tiny recipe reading `docs` as a streamed hub dataset (a local jsonl through `datasets`' json builder);
+    rows 0-29 are the validation set."""
+    import json
+
+    path = tmp_path / "stream.jsonl"
+    path.write_text("".join(json.dumps({"text": d, "n": i}) + "\n" for i, d in enumerate(docs)), encoding="utf-8")
+    recipe = tiny_recipe_dict(tmp_path, **train)
+    recipe["data"] = {
+        "source": "hub",
+        "name": "json",
+        "data_files": str(path),
+        "streaming": True,
+        "val_documents": 30,
+        "options": {"cache_dir": str(tmp_path / "hf-cache")},
+    }
+    return recipe
+
+
+def packed_document_logits(model, doc1: list[int], doc2: list[int], eos: int) -> tuple:
+    """Logits of `doc2` packed after `doc1` (positions restarting, as training calls the model), of `doc2` alone,
+    and of `doc2` after `doc1` with plain causal attention (what a leak would look like)."""
+    from llmforge.packing import PackedCollator
+
+    collate = PackedCollator(eos)
+    packed, alone = collate([{"input_ids": doc1 + doc2}]), collate([{"input_ids": doc2}])
+    with torch.no_grad():
+        in_row = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
+        by_itself = model(input_ids=alone["input_ids"], position_ids=alone["position_ids"], use_cache=False).logits
+        leaky = model(input_ids=packed["input_ids"], use_cache=False).logits
+    return in_row[0, len(doc1) :], by_itself[0], leaky[0, len(doc1) :]

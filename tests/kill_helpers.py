@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 # A plugin that slows each logged step, so a test can kill between two chosen checkpoints.
 SLOW_PLUGIN = """
 import time
@@ -52,3 +54,19 @@ def finish(proc: subprocess.Popen) -> str:
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     return stdout
+
+
+def reference_and_killed_at_checkpoint(recipe: dict, tmp_path: Path, step: int = 6) -> tuple[Path, Path, Path]:
+    """Run `recipe` (slowed by SLOW_PLUGIN) to its end in tmp_path/reference, then again in tmp_path/killed,
+    SIGKILLed once checkpoint-`step` is complete. Returns (the recipe file, the reference dir, the killed dir)."""
+    (tmp_path / "slow_steps.py").write_text(SLOW_PLUGIN)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**recipe, "plugins": ["slow_steps"]}))
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    finish(start_run(path, reference, tmp_path))
+    proc = start_run(path, out, tmp_path)
+    kill_when(
+        proc, out / "train" / "checkpoints" / f"checkpoint-{step}" / ".llmforge.json", f"checkpoint-{step}", settle=0.2
+    )
+    assert not (out / "train" / "final").exists()
+    return path, reference, out

@@ -18,7 +18,7 @@ import yaml
 from test_model import make_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, CohereConfig
 
-from conftest import tiny_recipe_dict
+from conftest import packed_document_logits, tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.cli import main as cli_main
 from llmforge.config import ModelConfig
@@ -271,16 +271,11 @@ def test_trust_remote_code_is_said_through_the_console(tmp_path, tok, capsys):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_packed_document_sees_only_itself(tok, arch):
     doc1, doc2 = [11, 12, 13, 14, EOS], [21, 22, 23, 24, 25, 26, EOS]
-    collate = PackedCollator(EOS)
-    packed, alone = collate([{"input_ids": doc1 + doc2}]), collate([{"input_ids": doc2}])
     for attn in ("sdpa", "eager"):
         model = build(arch, tok, attn)
-        with torch.no_grad():
-            in_row = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
-            by_itself = model(input_ids=alone["input_ids"], position_ids=alone["position_ids"], use_cache=False).logits
-            leaky = model(input_ids=packed["input_ids"], use_cache=False).logits
-        assert torch.allclose(in_row[0, len(doc1) :], by_itself[0], atol=1e-5), attn
-        assert not torch.allclose(leaky[0, len(doc1) :], by_itself[0], atol=1e-3), attn
+        in_row, by_itself, leaky = packed_document_logits(model, doc1, doc2, EOS)
+        assert torch.allclose(in_row, by_itself, atol=1e-5), attn
+        assert not torch.allclose(leaky, by_itself, atol=1e-3), attn
         assert not document_leak(model, EOS)
 
 

@@ -1,7 +1,7 @@
 import torch
 from transformers import GPT2LMHeadModel
 
-from conftest import tiny_gpt2
+from conftest import packed_document_logits, tiny_gpt2
 from llmforge.errors import TrainingError
 from llmforge.packing import DocumentMaskGuard, PackedCollator, document_position_ids
 
@@ -32,15 +32,9 @@ def test_second_document_in_a_packed_row_sees_only_itself():
     """The promise of document-aware packing, checked on the real model forward as training calls it."""
     doc1, doc2 = [11, 12, 13, 14, EOS], [21, 22, 23, 24, 25, 26, EOS]
     for attn in ("sdpa", "eager"):
-        model = _model(attn)
-        packed = PackedCollator(EOS)([{"input_ids": doc1 + doc2}])
-        alone = PackedCollator(EOS)([{"input_ids": doc2}])
-        with torch.no_grad():
-            in_row = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
-            by_itself = model(input_ids=alone["input_ids"], position_ids=alone["position_ids"], use_cache=False).logits
-            leaky = model(input_ids=packed["input_ids"], use_cache=False).logits
-        assert torch.allclose(in_row[0, len(doc1) :], by_itself[0], atol=1e-5), attn
-        assert not torch.allclose(leaky[0, len(doc1) :], by_itself[0], atol=1e-3), attn
+        in_row, by_itself, leaky = packed_document_logits(_model(attn), doc1, doc2, EOS)
+        assert torch.allclose(in_row, by_itself, atol=1e-5), attn
+        assert not torch.allclose(leaky, by_itself, atol=1e-3), attn
 
 
 def test_guard_refuses_attention_mask_and_cache_in_training():

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
-from kill_helpers import SLOW_PLUGIN, finish, kill_when, start_run
+from kill_helpers import finish, reference_and_killed_at_checkpoint, start_run
 from safetensors.torch import load_file
 
 from conftest import tiny_recipe_dict
@@ -19,20 +18,8 @@ def _train_rows(out: Path) -> list[dict]:
 
 
 def test_sigkill_mid_training_then_rerun_is_exact(tmp_path, corpus_file):
-    (tmp_path / "slow_steps.py").write_text(SLOW_PLUGIN)
     recipe = tiny_recipe_dict(corpus_file, max_steps=12, save_every=3, eval_every=6, keep_last=2)
-    recipe["plugins"] = ["slow_steps"]
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-
-    reference = tmp_path / "reference"
-    finish(start_run(path, reference, tmp_path))
-
-    out = tmp_path / "killed"
-    proc = start_run(path, out, tmp_path)
-    marker = out / "train" / "checkpoints" / "checkpoint-6" / ".llmforge.json"
-    kill_when(proc, marker, "checkpoint-6", settle=0.2)
-    assert not (out / "train" / "final").exists()
+    path, reference, out = reference_and_killed_at_checkpoint(recipe, tmp_path)
 
     stdout = finish(start_run(path, out, tmp_path))
     assert "resuming from checkpoint-" in stdout

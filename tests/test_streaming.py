@@ -8,13 +8,12 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-import yaml
-from kill_helpers import SLOW_PLUGIN, finish, kill_when, start_run
+from kill_helpers import finish, reference_and_killed_at_checkpoint, start_run
 from rich.console import Console
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from conftest import tiny_recipe_dict
+from conftest import stream_recipe_dict, tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.errors import ConfigError, DataError
 from llmforge.streaming import IterableStream, RowStream, StreamingBlocks
@@ -35,25 +34,11 @@ def write_jsonl(path: Path, docs: list[str]) -> Path:
     return path
 
 
-def stream_recipe(tmp_path: Path, docs: list[str], **train: object) -> dict:
-    path = write_jsonl(tmp_path / "stream.jsonl", docs)
-    recipe = tiny_recipe_dict(tmp_path, **train)
-    recipe["data"] = {
-        "source": "hub",
-        "name": "json",
-        "data_files": str(path),
-        "streaming": True,
-        "val_documents": 30,
-        "options": {"cache_dir": str(tmp_path / "hf-cache")},
-    }
-    return recipe
-
-
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory, corpus_text):
     """A tokenizer trained by a tiny streaming run (shared by the unit tests below)."""
     root = tmp_path_factory.mktemp("stream-tok")
-    recipe = stream_recipe(root, paragraphs(corpus_text), max_steps=2, eval_every=None, save_every=None)
+    recipe = stream_recipe_dict(root, paragraphs(corpus_text), max_steps=2, eval_every=None, save_every=None)
     Recipe.from_dict(recipe).run(root / "run", console=quiet())
     return AutoTokenizer.from_pretrained(str(root / "run" / "tokenizer"))
 
@@ -135,7 +120,7 @@ def test_resume_cost_does_not_grow_with_the_position(tok):
 def test_streaming_recipe_holds_out_validation_rows_before_packing(tmp_path, corpus_text):
     docs = paragraphs(corpus_text)
     out = tmp_path / "run"
-    Recipe.from_dict(stream_recipe(tmp_path, docs, max_steps=3, save_every=None, eval_every=None)).run(
+    Recipe.from_dict(stream_recipe_dict(tmp_path, docs, max_steps=3, save_every=None, eval_every=None)).run(
         out, console=quiet()
     )
     dd = datasets.load_from_disk(str(out / "data" / "documents"))
@@ -153,13 +138,13 @@ def test_streaming_recipe_holds_out_validation_rows_before_packing(tmp_path, cor
 
 
 def test_streaming_without_max_steps_is_a_config_error(tmp_path, corpus_text):
-    recipe = stream_recipe(tmp_path, paragraphs(corpus_text), max_steps=None, epochs=1)
+    recipe = stream_recipe_dict(tmp_path, paragraphs(corpus_text), max_steps=None, epochs=1)
     with pytest.raises(ConfigError, match="train.max_steps"):
         Recipe.from_dict(recipe).run(tmp_path / "run", console=quiet())
 
 
 def test_stream_with_nothing_after_the_validation_rows_says_so(tmp_path):
-    recipe = stream_recipe(tmp_path, [f"only {i}" for i in range(10)], max_steps=2)
+    recipe = stream_recipe_dict(tmp_path, [f"only {i}" for i in range(10)], max_steps=2)
     with pytest.raises(DataError, match="val_documents"):
         Recipe.from_dict(recipe).run(tmp_path / "run", console=quiet())
 
@@ -167,7 +152,7 @@ def test_stream_with_nothing_after_the_validation_rows_says_so(tmp_path):
 def test_text_column_of_the_wrong_type_in_a_stream(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps({"text": i}) + "\n" for i in range(50)))
-    recipe = stream_recipe(tmp_path, ["x"], max_steps=2)
+    recipe = stream_recipe_dict(tmp_path, ["x"], max_steps=2)
     recipe["data"]["data_files"] = str(path)
     with pytest.raises(DataError, match="not text"):
         Recipe.from_dict(recipe).run(tmp_path / "run", console=quiet())
@@ -177,21 +162,9 @@ def test_text_column_of_the_wrong_type_in_a_stream(tmp_path):
 
 
 def test_sigkill_mid_stream_then_rerun_is_exact(tmp_path, corpus_text):
-    (tmp_path / "slow_steps.py").write_text(SLOW_PLUGIN)
     # 30 validation rows, then 6 training rows: the 12 steps cross the end of the stream (epoch 2)
-    recipe = stream_recipe(tmp_path, paragraphs(corpus_text)[:36], max_steps=12, save_every=3, eval_every=6)
-    recipe["plugins"] = ["slow_steps"]
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-
-    reference = tmp_path / "reference"
-    finish(start_run(path, reference, tmp_path))
-
-    out = tmp_path / "killed"
-    proc = start_run(path, out, tmp_path)
-    marker = out / "train" / "checkpoints" / "checkpoint-6" / ".llmforge.json"
-    kill_when(proc, marker, "checkpoint-6", settle=0.2)
-    assert not (out / "train" / "final").exists()
+    recipe = stream_recipe_dict(tmp_path, paragraphs(corpus_text)[:36], max_steps=12, save_every=3, eval_every=6)
+    path, reference, out = reference_and_killed_at_checkpoint(recipe, tmp_path)
     state = json.loads((out / "train" / "checkpoints" / "checkpoint-6" / "stream_state.json").read_text())
     assert state["states"][0]["blocks"] == 6 * 4
 

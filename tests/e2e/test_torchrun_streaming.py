@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import tiny_recipe_dict
+from conftest import stream_recipe_dict, tiny_recipe_dict
 
 TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
 ENV = {
@@ -56,19 +56,8 @@ def launch(recipe: Path, out: Path, nproc: int, tmp_path: Path, *extra: str) -> 
 
 def streaming_recipe(tmp_path: Path, corpus_text: str, n_docs: int, **train: object) -> Path:
     docs = [p.strip() for p in corpus_text.split("\n\n") if p.strip()][:n_docs]
-    data = tmp_path / "stream.jsonl"
-    data.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    recipe = tiny_recipe_dict(tmp_path, **train)
-    recipe["data"] = {
-        "source": "hub",
-        "name": "json",
-        "data_files": str(data),
-        "streaming": True,
-        "val_documents": 30,
-        "options": {"cache_dir": str(tmp_path / "hf-cache")},
-    }
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path.write_text(yaml.safe_dump(stream_recipe_dict(tmp_path, docs, **train)))
     return path
 
 
