@@ -19,7 +19,6 @@ nothing else competed.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import CORPUS, emit, machine, run_contender  # noqa: E402
+from benchlib import CORPUS, arguments, emit, machine, run_contender  # noqa: E402
 
 VOCAB = 4096
 FULL = {"n_layer": 4, "n_embd": 256, "n_head": 4, "context_length": 256, "batch_size": 16, "tokens": 600_000}
@@ -131,14 +130,12 @@ def contender(model: dict, setting: dict, lr: float, seed: int, max_documents: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes and budget (under 2 minutes)")
+    parser = arguments(__doc__)
     parser.add_argument("--archs", default="gpt2,llama", help="families to compare; the first is the baseline")
     parser.add_argument("--tokens", type=int, help="training tokens per contender (default: 600k, smoke 25k)")
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, the same for all (default 2e-3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per contender (default 2)")
     parser.add_argument("--seed", type=int, default=1234, help="initialisation and data order, the same for all")
-    parser.add_argument("--contender", help=argparse.SUPPRESS)
     args = parser.parse_args()
     setting = dict(SMOKE if args.smoke else FULL)
     if args.tokens:

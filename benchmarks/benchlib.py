@@ -7,6 +7,7 @@ not stable; ratios measured minutes apart are) and ends with one line per target
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -54,6 +55,14 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 3.0) -> floa
 def target(name: str, value: float, op: str, goal: float, fmt: str = "{:.3g}") -> str:
     ok = value >= goal if op == ">=" else value <= goal
     return f"{name}: {fmt.format(value)} (target {op} {fmt.format(goal)}) {'PASS' if ok else 'MISS'}"
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --smoke, and --contender (set by run_contender in the child process)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a run of under two minutes")
+    parser.add_argument("--contender", help=argparse.SUPPRESS)
+    return parser
 
 
 def run_contender(script: str, name: str, args: list[str], threads: int, timeout: int = 3600) -> dict:

@@ -16,14 +16,13 @@ Targets (issue 11, item 3): store-2proc at least 1.8x the seed on 2 cores, and a
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import corpus_text, emit, machine, run_contender, target, train_bpe  # noqa: E402
+from benchlib import arguments, corpus_text, emit, machine, run_contender, target, train_bpe  # noqa: E402
 
 T = 1024
 CONTENDERS = ["raw", "raw-fast", "seed", "store-1proc", "store-2proc"]
@@ -98,10 +97,8 @@ def contender(name: str, work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
+    parser = arguments(__doc__)
     parser.add_argument("--megabytes", type=int)
-    parser.add_argument("--contender")
     parser.add_argument("--work")
     args = parser.parse_args()
     if args.contender:

@@ -14,14 +14,13 @@ path growing with the corpus (large / small at most 1.25).
 
 from __future__ import annotations
 
-import argparse
 import resource
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import corpus_text, emit, machine, run_contender, target  # noqa: E402
+from benchlib import arguments, corpus_text, emit, machine, run_contender, target  # noqa: E402
 
 
 def write_corpus(path: Path, megabytes: int) -> int:
@@ -102,10 +101,8 @@ def contender(name: str, corpus: Path, work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
+    parser = arguments(__doc__)
     parser.add_argument("--megabytes", type=int, help="the small corpus; the large one is 10x")
-    parser.add_argument("--contender")
     parser.add_argument("--corpus")
     parser.add_argument("--work")
     args = parser.parse_args()

@@ -10,7 +10,6 @@ configuration in its own process. Target on a CPU: at least 75% of the measured 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import CORPUS, emit, machine, matmul_peak, run_contender, target, train_bpe  # noqa: E402
+from benchlib import CORPUS, arguments, emit, machine, matmul_peak, run_contender, target, train_bpe  # noqa: E402
 
 GPT2_VOCAB = 50257
 SHAPES = {
@@ -89,10 +88,8 @@ def contender(name: str, tokenizer: str, steps: int, warm: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
+    parser = arguments(__doc__)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--contender")
     parser.add_argument("--tokenizer")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--configs", help="comma-separated subset of: " + ", ".join(CONFIGS))

@@ -15,7 +15,6 @@ discards every batch already seen).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import CORPUS, emit, machine, run_contender, target  # noqa: E402
+from benchlib import CORPUS, arguments, emit, machine, run_contender, target  # noqa: E402
 
 BATCH = 4
 EXTRA_STEPS = 2
@@ -88,10 +87,8 @@ def replay(recipe_file: Path, run: Path, blocks: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
+    parser = arguments(__doc__)
     parser.add_argument("--steps", help="two step counts, comma-separated")
-    parser.add_argument("--contender")
     parser.add_argument("--recipe")
     parser.add_argument("--run")
     parser.add_argument("--blocks", type=int)

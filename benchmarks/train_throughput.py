@@ -12,7 +12,6 @@ schedule and attention, `model(**batch).loss`, no Trainer. Each contender runs i
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import CORPUS, emit, machine, run_contender, target  # noqa: E402
+from benchlib import CORPUS, arguments, emit, machine, run_contender, target  # noqa: E402
 
 FULL = {"n_layer": 12, "n_embd": 768, "n_head": 12, "context_length": 256, "batch_size": 8, "steps": 6}
 SMOKE = {"n_layer": 4, "n_embd": 256, "n_head": 4, "context_length": 128, "batch_size": 8, "steps": 5}
@@ -212,10 +211,8 @@ CONTENDERS = {"seed": seed_contender, "llmforge": llmforge_contender, "bare-loop
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true")
+    parser = arguments(__doc__)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--contender")
     parser.add_argument("--tokenizer")
     args = parser.parse_args()
     shape = SMOKE if args.smoke else FULL
