@@ -7,10 +7,14 @@ imports this module in a fresh process, and importing torch or the stages there 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 
 def encode_joined(backend: Any, texts: list[str], eos: int) -> np.ndarray:
@@ -45,3 +49,18 @@ class Packer:
         self.carry = flat[n * self.T :].copy()
         self.blocks += n
         return flat[: n * self.T].reshape(n, self.T)
+
+
+@contextlib.contextmanager
+def block_writer(path: str | Path, T: int) -> Iterator[Callable[[np.ndarray], None]]:
+    """Write [n, T] block arrays to `path` as an Arrow IPC stream of int32 rows of T tokens: the format of
+    `data/blocks` and of token-store shards. Yields `write(blocks)`; empty arrays are skipped."""
+    schema = pa.schema([("input_ids", pa.list_(pa.int32(), T))])
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+
+        def write(blocks: np.ndarray) -> None:
+            if len(blocks):
+                column = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), type=pa.int32()), T)
+                writer.write_batch(pa.record_batch([column], schema=schema))
+
+        yield write

@@ -99,10 +99,9 @@ def _text_bytes(split_dir: Path) -> int:
 def _pack_shard(job: tuple) -> dict:
     """One process: tokenize documents [start, stop) of a split and write their blocks to one shard."""
     import datasets
-    import pyarrow as pa
     from tokenizers import Tokenizer
 
-    from llmforge.packer import Packer, encode_joined
+    from llmforge.packer import Packer, block_writer, encode_joined
 
     split_dir, split, start, stop, name, tok_file, T, out = job
     tok = Tokenizer.from_file(tok_file)
@@ -111,18 +110,14 @@ def _pack_shard(job: tuple) -> dict:
     vocab = tok.get_vocab_size(with_added_tokens=True)
     ds = datasets.load_from_disk(split_dir).select(range(start, stop))
     packer, counts = Packer(T), np.zeros(vocab, dtype=np.int64)
-    schema = pa.schema([("input_ids", pa.list_(pa.int32(), T))])
     final = Path(out) / name
     tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+    with block_writer(tmp, T) as write:
         for batch in ds.iter(batch_size=1000):
             joined = encode_joined(tok, batch["text"], eos)
             if split == "train":
                 counts += np.bincount(joined, minlength=vocab)
-            blocks = packer.add(joined)
-            if len(blocks):
-                column = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), type=pa.int32()), T)
-                writer.write_batch(pa.record_batch([column], schema=schema))
+            write(packer.add(joined))
     os.replace(tmp, final)
     return {
         "split": split,

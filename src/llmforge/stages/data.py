@@ -19,14 +19,13 @@ from typing import Any
 
 import datasets
 import numpy as np
-import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llmforge import rundir, tokenstore
 from llmforge.config import DataConfig
 from llmforge.context import Context
 from llmforge.errors import ConfigError, DataError
-from llmforge.packer import Packer, encode_joined
+from llmforge.packer import Packer, block_writer, encode_joined
 
 ARTEFACT = "data/documents"
 
@@ -329,19 +328,15 @@ def _build_blocks(ctx: Context, out: Path, fp: str) -> None:
                 task = progress.add_task(f"tokenizing {name}", total=len(ds))
                 packer = Packer(T)
                 path = scratch / f"{name}.arrow"
-                schema = pa.schema([("input_ids", pa.list_(pa.int32(), T))])
                 nll, targets = 0.0, 0
-                with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+                with block_writer(path, T) as write:
                     for joined, n_docs in token_batches(ds, tok, num_proc, scratch / f"{name}-map.arrow"):
                         blocks = packer.add(joined)
                         if name == "train":
                             train_counts += np.bincount(joined, minlength=len(tok))
                         elif len(blocks):
                             nll, targets = _unigram_nll(train_counts, blocks, nll, targets)
-                        if len(blocks):
-                            flat = pa.array(blocks.ravel(), type=pa.int32())
-                            column = pa.FixedSizeListArray.from_arrays(flat, T)
-                            writer.write_batch(pa.record_batch([column], schema=schema))
+                        write(blocks)
                         progress.update(task, advance=n_docs)
                 if packer.blocks == 0:
                     raise DataError(
@@ -377,7 +372,7 @@ def token_batches(ds: datasets.Dataset, tok: Any, num_proc: int, cache: Path) ->
         encode, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=["text"], cache_file_name=str(cache)
     )
     for row in mapped.with_format("numpy"):
-        yield row["joined"].astype(np.int32, copy=False), int(row["documents"])
+        yield row["joined"], int(row["documents"])
 
 
 def _progress(ctx: Context) -> Progress:
