@@ -43,10 +43,13 @@ def run_data_stage(recipe: Recipe, out: Path) -> dict:
     return data.run(ctx)
 
 
-def read(cfg: DataConfig, tmp_path: Path) -> tuple[datasets.Dataset, Context]:
+def read(cfg: DataConfig, tmp_path: Path) -> tuple[datasets.Dataset, data.DocumentCount]:
+    """The documents the data stage keeps from a source (as a Dataset), and what it counted."""
     datasets.disable_progress_bars()
     ctx = Context(tmp_path / "run", Recipe(), get_plugins(), quiet())
-    return data.read_documents(cfg, ctx), ctx
+    count = data.DocumentCount()
+    docs = [d for batch in data.document_batches(data.read_documents(cfg, ctx), cfg, count) for d in batch]
+    return datasets.Dataset.from_dict({"text": docs}), count
 
 
 def splits(out: Path) -> dict[str, list[str]]:
@@ -291,12 +294,11 @@ def test_split_that_leaves_no_training_document_is_a_config_error(tmp_path, n_do
     assert not (tmp_path / "r" / "data" / "documents").exists()
 
 
-def test_val_fraction_too_small_for_validation_says_to_raise_it(tmp_path, corpus_text):
-    # 0.001 of these documents is a single short validation document: less than one block of
+def test_val_fraction_too_small_for_validation_says_to_raise_it(tmp_path):
+    # 0.001 of these short documents is a single validation document: less than one block of
     # validation data. The run must stop with an llmforge error that says to raise val_fraction.
     corpus = tmp_path / "c.txt"
-    short = [f"Line {i}." for i in range(60)]
-    corpus.write_text(corpus_text[:20_000] + "\n\n" + "\n\n".join(short), encoding="utf-8")
+    corpus.write_text("\n\n".join(f"Line {i} of a corpus of short lines." for i in range(1000)), encoding="utf-8")
     recipe = recipe_for(
         corpus,
         data_cfg={"source": "text", "path": str(corpus), "documents": "paragraph", "val_fraction": 0.001, "seed": 1},
@@ -319,10 +321,10 @@ def test_jsonl_source_with_text_column(tmp_path):
         [{"id": i, "body": f"Body of document {i}.", "title": f"T{i}"} for i in range(8)]
         + [{"id": 8, "body": "", "title": "empty"}, {"id": 9, "body": None, "title": "null"}],
     )
-    docs, ctx = read(DataConfig(source="jsonl", path=str(path), text_column="body"), tmp_path)
+    docs, count = read(DataConfig(source="jsonl", path=str(path), text_column="body"), tmp_path)
     assert docs.column_names == ["text"]
     assert list(docs["text"]) == [f"Body of document {i}." for i in range(8)]
-    assert ctx.cache["empty_documents"] == 2
+    assert count.empty == 2
 
 
 def test_jsonl_missing_text_column_lists_the_fields(tmp_path):
@@ -341,9 +343,9 @@ def hub_cfg(path: Path, tmp_path: Path, **kw: object) -> DataConfig:
 def test_hub_source_reads_a_local_builder(tmp_path):
     rows = [{"text": f"Hub document {i}.", "n": i} for i in range(6)] + [{"text": "  ", "n": 6}]
     path = write_jsonl(tmp_path / "hub.jsonl", rows)
-    docs, ctx = read(hub_cfg(path, tmp_path), tmp_path)
+    docs, count = read(hub_cfg(path, tmp_path), tmp_path)
     assert list(docs["text"]) == [f"Hub document {i}." for i in range(6)]
-    assert ctx.cache["empty_documents"] == 1
+    assert count.empty == 1
 
 
 def test_hub_source_missing_column_lists_the_columns(tmp_path):
@@ -446,3 +448,24 @@ def test_failure_while_saving_leaves_no_partial_dir(corpus_file, tmp_path, monke
     run_data_stage(recipe_for(corpus_file), out)
     assert (out / "data" / "documents" / ".llmforge.json").is_file()
     assert not (out / "data" / "documents" / "half-written.arrow").exists()
+
+
+def test_held_out_documents_are_a_seeded_draw_without_repeats():
+    a = data.held_out_documents(10_000, 50, seed=7)
+    assert len(a) == 50 and len(set(a.tolist())) == 50
+    assert (np.diff(a) > 0).all() and a.min() >= 0 and a.max() < 10_000
+    assert (a == data.held_out_documents(10_000, 50, seed=7)).all()
+    assert not (a == data.held_out_documents(10_000, 50, seed=8)).all()
+
+
+def test_training_documents_keep_the_source_order(tmp_path):
+    corpus = tmp_path / "c.txt"
+    paras = [f"Paragraph {i} of the ordered corpus." for i in range(200)]
+    corpus.write_text("\n\n".join(paras), encoding="utf-8")
+    run_data_stage(
+        recipe_for(corpus, data_cfg={"source": "text", "path": str(corpus), "documents": "paragraph"}), tmp_path / "r"
+    )
+    docs = splits(tmp_path / "r")
+    assert len(docs["validation"]) == 20
+    assert docs["train"] == [p for p in paras if p not in docs["validation"]]
+    assert docs["validation"] == [p for p in paras if p in docs["validation"]]

@@ -588,3 +588,23 @@ def test_text_byte_order_mark_is_not_content(tmp_path):
     path.write_bytes("\ufeffFirst paragraph.\n\nSecond.".encode())
     ds = load_text(DataConfig(path=str(path), documents="paragraph"))
     assert list(ds["text"]) == ["First paragraph.", "Second."]
+
+
+@pytest.mark.parametrize("separator", [None, "\n\n", "\n"])
+@pytest.mark.parametrize("read_bytes", [1, 3, 7, 64, 2**20])
+def test_text_pieces_read_in_chunks_equal_splitting_the_whole_text(tmp_path, monkeypatch, separator, read_bytes):
+    text = "\ufeffOne\r\n\r\ntwo é\n\n\nthree ✓\r\nfour\r\n\r\n\r\nfive\n\n" + "sïx " * 50 + "\r\n\r\n"
+    path = tmp_path / "t.txt"
+    path.write_bytes(text.encode("utf-8"))
+    monkeypatch.setattr(src, "READ_BYTES", read_bytes)
+    whole = text[1:].replace("\r\n", "\n")
+    expected = [whole] if separator is None else whole.split(separator)
+    assert list(src.text_pieces(path, "utf-8", separator)) == expected
+
+
+def test_text_pieces_name_the_byte_that_is_not_valid_text(tmp_path, monkeypatch):
+    path = tmp_path / "t.txt"
+    path.write_bytes("ok é\n\n".encode() * 10 + b"bad \xff here")
+    monkeypatch.setattr(src, "READ_BYTES", 5)
+    with pytest.raises(DataError, match=r"t\.txt' is not valid utf-8: byte 74 \(b'\\xff'\)"):
+        list(src.text_pieces(path, "utf-8", "\n\n"))

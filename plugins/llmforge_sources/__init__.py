@@ -7,14 +7,16 @@ source keeps every column of each row (the fine-tuning formats read instruction/
 conversations, messages, ...).
 
 Small corpora are read into memory. Above `STREAM_BYTES` of input, the text and jsonl sources write
-their documents to an on-disk Arrow dataset one document at a time (`Dataset.from_generator`, in
+their documents to an on-disk Arrow file one document at a time (`llmforge.arrowio.write_texts`, in
 the `cache_dir` the core passes: `data/source-cache/` of the run), so memory does not grow with the
 corpus; the rows, and so every later result, are the same either way.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,12 +25,13 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
-from llmforge import hookimpl
+from llmforge import arrowio, hookimpl
 from llmforge.config import DataConfig
 from llmforge.errors import DataError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
 STREAM_BYTES = 256 * 2**20  # inputs larger than this are read document by document to disk
+READ_BYTES = 16 * 2**20  # a text file is read this much at a time
 
 
 @hookimpl
@@ -98,16 +101,48 @@ def load_text(config: DataConfig, cache_dir: str | None = None) -> datasets.Data
 
 
 def _text_documents(paths: list[Path], config: DataConfig, column: str) -> Any:
+    separator = {"file": None, "paragraph": "\n\n"}.get(config.documents, "\n")
     for path in paths:
-        text = read_text_file(path, config.encoding).replace("\r\n", "\n")
-        if config.documents == "file":
-            yield path, text
-        elif config.documents == "paragraph":
-            for para in text.split("\n\n"):
-                yield path, para.strip()
-        else:
-            for line in text.split("\n"):
-                yield path, line
+        for piece in text_pieces(path, config.encoding, separator):
+            yield path, piece.strip() if config.documents == "paragraph" else piece
+
+
+def text_pieces(path: Path, encoding: str, separator: str | None) -> Any:
+    """A text file's whole text (`separator` None) or its pieces split on `separator`, with \\r\\n read
+    as \\n and a leading byte-order mark dropped. Read `READ_BYTES` at a time, so a file of any size
+    streams; the pieces are those of splitting the whole text."""
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)()
+    except LookupError as exc:
+        raise DataError(f"data.encoding '{encoding}' is not a known text encoding.") from exc
+    carry, offset, first = "", 0, True
+    try:
+        with open(path, "rb") as fh:
+            while True:
+                raw = fh.read(READ_BYTES)
+                pending = decoder.getstate()[0]
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as exc:
+                    data = pending + raw
+                    raise DataError(
+                        f"'{path}' is not valid {encoding}: byte {offset - len(pending) + exc.start} "
+                        f"({data[exc.start : exc.start + 1]!r}). Convert it (iconv -f LATIN1 -t UTF-8) or set "
+                        "data.encoding to the file's encoding."
+                    ) from exc
+                offset += len(raw)
+                if first and text:
+                    text, first = text.removeprefix("\ufeff"), False  # a byte-order mark is not content
+                carry += text
+                if separator is not None:  # a piece is complete once the next separator is read
+                    pieces = carry.replace("\r\n", "\n").split(separator)
+                    carry = pieces.pop()
+                    yield from pieces
+                if not raw:
+                    break
+    except OSError as exc:
+        raise DataError(f"Cannot read '{path}': {exc.strerror or exc}. Check the path and its permissions.") from exc
+    yield carry.replace("\r\n", "\n")
 
 
 def _large(paths: list[Path], config: DataConfig | None = None) -> bool:
@@ -119,24 +154,17 @@ def _large(paths: list[Path], config: DataConfig | None = None) -> bool:
 
 
 def _on_disk(documents: Any, paths: list[Path], config: DataConfig, column: str, cache_dir: str | None) -> Any:
-    """The documents written one by one to an Arrow dataset in `cache_dir` (memory stays bounded)."""
-
-    def gen(paths: list[str], stats: list[tuple[int, int]]) -> Any:  # stats key the cache to the files' state
-        for _, doc in documents([Path(p) for p in paths], config, column):
-            yield {column: doc}
-
-    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-    try:
-        return datasets.Dataset.from_generator(
-            gen,
-            features=datasets.Features({column: datasets.Value("string")}),
-            cache_dir=cache_dir,
-            gen_kwargs={"paths": [str(p) for p in paths], "stats": stats},
-        )
-    except datasets.exceptions.DatasetGenerationError as exc:
-        if isinstance(exc.__cause__, DataError):
-            raise exc.__cause__ from None
-        raise
+    """The documents written one by one to an Arrow file in `cache_dir` (memory stays bounded), reused
+    while the files, and the options that shape the documents, are unchanged."""
+    key = json.dumps(
+        [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+        + [config.source, config.documents, config.encoding, column]
+    )
+    root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "llmforge"
+    file = root / f"{config.source}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.arrow"
+    if file.is_file():
+        return datasets.Dataset.from_file(str(file))
+    return arrowio.write_texts(file, column, (doc for _, doc in documents(paths, config, column)))
 
 
 def load_jsonl(config: DataConfig, cache_dir: str | None = None) -> datasets.Dataset:

@@ -33,8 +33,9 @@ def register_data_sources(register: Register) -> None:
     Raise `llmforge.DataError` naming the file/row and the fix for input it cannot read.
 
     A `load` that accepts a `cache_dir` keyword gets a directory inside the run dir for on-disk copies
-    (`Dataset.from_generator`). For streaming (`data.streaming: true`) a source may instead return an
-    object with `stream_batches(start, batch_size, first_row, max_rows)` yielding `(texts, position)`,
+    (`llmforge.arrowio.write_texts` writes one with bounded memory). For streaming (`data.streaming:
+    true`) a source may instead return an object with `stream_batches(start, batch_size, first_row,
+    max_rows)` yielding `(texts, position)`,
     where `position` is JSON-serialisable and `start=position` resumes right after it
     (llmforge.streaming.DocumentStream; the Deep Lake plugin is an example).
     """

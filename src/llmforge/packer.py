@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from llmforge.arrowio import column_writer
+
 
 def encode_joined(backend: Any, texts: list[str], eos: int) -> np.ndarray:
     """The texts' token ids, each text followed by EOS, as one int32 array.
@@ -55,12 +57,9 @@ class Packer:
 def block_writer(path: str | Path, T: int) -> Iterator[Callable[[np.ndarray], None]]:
     """Write [n, T] block arrays to `path` as an Arrow IPC stream of int32 rows of T tokens: the format of
     `data/blocks` and of token-store shards. Yields `write(blocks)`; empty arrays are skipped."""
-    schema = pa.schema([("input_ids", pa.list_(pa.int32(), T))])
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+    with column_writer(path, "input_ids", pa.list_(pa.int32(), T)) as write_column:
 
         def write(blocks: np.ndarray) -> None:
-            if len(blocks):
-                column = pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), type=pa.int32()), T)
-                writer.write_batch(pa.record_batch([column], schema=schema))
+            write_column(pa.FixedSizeListArray.from_arrays(pa.array(blocks.ravel(), type=pa.int32()), T))
 
         yield write

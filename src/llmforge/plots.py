@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from llmforge import rundir
+from llmforge import arrowio, rundir
 from llmforge.errors import RunDirError
 
 TRAINING_STAGES = ("train", "finetune")
 MAX_LENGTH_SAMPLE = 200_000  # documents tokenized for lengths.png; above this a seeded sample is drawn
+SAMPLE_RUN = 1_000  # the sample is drawn in runs of this many consecutive documents
 
 
 # --- loss.png -----------------------------------------------------------------------------------
@@ -106,12 +107,15 @@ def document_lengths(run_dir: str | Path, split: str = "train") -> tuple[np.ndar
         raise RunDirError(f"{run_dir} has no finished data and tokenizer stages: run them first.")
     docs = datasets.load_from_disk(str(run_dir / "data" / "documents"))[split]
     total = len(docs)
-    if total > MAX_LENGTH_SAMPLE:
-        docs = docs.shuffle(seed=0).select(range(MAX_LENGTH_SAMPLE))
+    starts = np.arange(0, total, SAMPLE_RUN)
+    if total > MAX_LENGTH_SAMPLE:  # seeded runs of consecutive documents: bounded reads, no permutation of all
+        starts = np.sort(np.random.default_rng(0).choice(total // SAMPLE_RUN, MAX_LENGTH_SAMPLE // SAMPLE_RUN, False))
+        starts = starts * SAMPLE_RUN
     backend = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer")).backend_tokenizer
     lengths = []
-    for batch in docs.iter(batch_size=2000):
-        lengths += [len(e.ids) for e in backend.encode_batch(batch["text"], add_special_tokens=False)]
+    for start in starts:
+        for texts in arrowio.column_batches(docs, "text", SAMPLE_RUN, int(start), int(start) + SAMPLE_RUN):
+            lengths += [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
     return np.asarray(lengths, dtype=np.int64), total
 
 

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from llmforge.arrowio import column_batches
 from llmforge.errors import DataError, RunDirError, TrainingError
 from llmforge.packer import Packer, encode_joined
 
@@ -45,18 +46,17 @@ class DocumentStream(Protocol):
 
 
 class RowStream:
-    """A map-style `datasets.Dataset` (memory-mapped Arrow): the position is a row index, seeking is free."""
+    """A map-style `datasets.Dataset` (memory-mapped Arrow): the position is a row index, seeking is free;
+    read with bounded memory (llmforge.arrowio.column_batches)."""
 
     def __init__(self, ds: Any, column: str) -> None:
         self.ds, self.column = ds, column
 
     def stream_batches(self, start: Any, batch_size: int, first_row: int, max_rows: int | None):
         row = first_row if start is None else int(start)
-        end = len(self.ds) if max_rows is None else min(len(self.ds), max_rows)
-        while row < end:
-            stop = min(end, row + batch_size)
-            yield self.ds[row:stop][self.column], stop
-            row = stop
+        for texts in column_batches(self.ds, self.column, batch_size, row, max_rows):
+            row += len(texts)
+            yield texts, row
 
 
 class IterableStream:

@@ -101,6 +101,7 @@ def _pack_shard(job: tuple) -> dict:
     import datasets
     from tokenizers import Tokenizer
 
+    from llmforge.arrowio import column_batches
     from llmforge.packer import Packer, block_writer, encode_joined
 
     split_dir, split, start, stop, name, tok_file, T, out = job
@@ -108,13 +109,13 @@ def _pack_shard(job: tuple) -> dict:
     config = json.loads(Path(tok_file).with_name("tokenizer_config.json").read_text())
     eos = tok.token_to_id(config["eos_token"])
     vocab = tok.get_vocab_size(with_added_tokens=True)
-    ds = datasets.load_from_disk(split_dir).select(range(start, stop))
+    ds = datasets.load_from_disk(split_dir)
     packer, counts = Packer(T), np.zeros(vocab, dtype=np.int64)
     final = Path(out) / name
     tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
     with block_writer(tmp, T) as write:
-        for batch in ds.iter(batch_size=1000):
-            joined = encode_joined(tok, batch["text"], eos)
+        for texts in column_batches(ds, "text", start=start, stop=stop):
+            joined = encode_joined(tok, texts, eos)
             if split == "train":
                 counts += np.bincount(joined, minlength=vocab)
             write(packer.add(joined))

@@ -11,6 +11,7 @@ row `val_documents` on (llmforge.streaming), so nothing of the corpus is copied 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -19,9 +20,10 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from llmforge import rundir, tokenstore
+from llmforge import arrowio, rundir, tokenstore
 from llmforge.config import DataConfig
 from llmforge.context import Context
 from llmforge.errors import ConfigError, DataError
@@ -64,19 +66,20 @@ def run(ctx: Context) -> dict[str, Any]:
         return _run_streaming(ctx, cfg)
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}.")
-    docs = read_documents(cfg, ctx)
-    n_val = math.ceil(cfg.val_fraction * len(docs))  # datasets rounds the held-out share up
-    if n_val >= len(docs):
+    source = read_documents(cfg, ctx)
+    count = DocumentCount()
+    for _ in document_batches(source, cfg, count):  # first pass: how many documents there are
+        pass
+    n_val = math.ceil(cfg.val_fraction * count.kept)  # the held-out share is rounded up
+    if n_val >= count.kept:
         raise ConfigError(
-            f"data.val_fraction {cfg.val_fraction} of {len(docs)} documents leaves no training document. "
+            f"data.val_fraction {cfg.val_fraction} of {count.kept} documents leaves no training document. "
             "Lower data.val_fraction, add data, or split files into paragraphs (data.documents: paragraph)."
         )
-    split = docs.train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
-    splits = datasets.DatasetDict(train=split["train"], validation=split["test"])
-    stats = {name: _text_stats(ds) for name, ds in splits.items()}
-    stats["empty_documents_dropped"] = ctx.cache.pop("empty_documents", 0)
+    held_out = held_out_documents(count.kept, n_val, cfg.seed)
+    stats: dict[str, Any] = {"empty_documents_dropped": count.empty}
     with rundir.atomic_dir(ctx.path("data", "documents"), ctx.fingerprints["data"], stats) as tmp:
-        splits.save_to_disk(str(tmp))
+        stats.update(_write_splits(source, cfg, held_out, tmp))
     shutil.rmtree(ctx.path("data", SOURCE_CACHE), ignore_errors=True)  # documents/ holds the copy now
     rundir.write_json(ctx.path("data", "stats.json"), {"documents": stats})
     ctx.console.print(
@@ -87,39 +90,81 @@ def run(ctx: Context) -> dict[str, Any]:
     return stats
 
 
+class DocumentCount:
+    """What a pass of `document_batches` saw: documents kept and empty ones dropped."""
+
+    def __init__(self) -> None:
+        self.kept = 0
+        self.empty = 0
+
+
+def document_batches(ds: datasets.Dataset, cfg: DataConfig, count: DocumentCount | None = None) -> Any:
+    """Batches of the non-empty documents of `read_documents`' dataset in source order, at most
+    `data.max_documents` of them, read with bounded memory (llmforge.arrowio)."""
+    count = count or DocumentCount()
+    for texts in arrowio.column_batches(ds, "text"):
+        docs = [t for t in texts if t and t.strip()]
+        count.empty += len(texts) - len(docs)
+        if cfg.max_documents is not None:
+            docs = docs[: cfg.max_documents - count.kept]
+        count.kept += len(docs)
+        yield docs
+        if cfg.max_documents is not None and count.kept >= cfg.max_documents:
+            break
+    if count.kept == 0:
+        raise DataError(
+            f"{where_of(cfg)} holds no non-empty document ({count.empty} empty). Check data.path, data.text_column "
+            "and data.documents."
+        )
+
+
+def held_out_documents(n: int, n_val: int, seed: int) -> np.ndarray:
+    """The sorted positions (among the n kept documents) of the n_val validation documents: a seeded draw."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=n_val, replace=False))
+
+
+def _write_splits(source: datasets.Dataset, cfg: DataConfig, held_out: np.ndarray, out: Path) -> dict[str, Any]:
+    """Second pass: each document to train or validation in source order, written as it is read."""
+    files = {"train": out / ".train.arrow", "validation": out / ".validation.arrow"}
+    stats = {name: {"documents": 0, "words": 0, "characters": 0} for name in files}
+    position = 0
+    with contextlib.ExitStack() as stack:
+        write = {name: stack.enter_context(arrowio.column_writer(f, "text", pa.string())) for name, f in files.items()}
+        for docs in document_batches(source, cfg):
+            is_val = np.isin(np.arange(position, position + len(docs)), held_out)
+            position += len(docs)
+            for name, chosen in (("train", ~is_val), ("validation", is_val)):
+                part = [d for d, c in zip(docs, chosen, strict=True) if c]
+                write[name](pa.array(part, type=pa.string()))
+                for key, value in _text_stats(part).items():
+                    stats[name][key] += value
+    arrowio.save_dataset_dict(out, files)
+    return stats
+
+
 def read_documents(cfg: DataConfig, ctx: Context) -> datasets.Dataset:
-    """The source's documents as a one-column ('text') Dataset without empty documents."""
+    """The source's rows as a one-column ('text') Dataset, the column checked; empty documents are still
+    in it (`document_batches` drops them)."""
     if cfg.text_column is None:
         raise ConfigError("data.text_column is null, but pretraining reads one text column: name it (e.g. text).")
     ds = _load_source(cfg, ctx)
     if hasattr(ds, "stream_batches"):  # a plugin's own stream (e.g. Deep Lake): read it batch by batch
         ds = _materialise_stream(ds, cfg, ctx)
     if isinstance(ds, datasets.IterableDataset):
-        ds = _materialise(ds, cfg)
+        ds = _materialise(ds, cfg, ctx)
     if not isinstance(ds, datasets.Dataset):
         raise DataError(
             f"Data source '{cfg.source}' ({ctx.plugins.registries['data_source'].owner(cfg.source)}) returned "
             f"a {type(ds).__name__}; a data source must return a datasets.Dataset or IterableDataset."
         )
-    where = cfg.path or cfg.name or cfg.source
     _check_text_column(ds, cfg)
     ds = ds.select_columns([cfg.text_column])
     if cfg.text_column != "text":
         ds = ds.rename_column(cfg.text_column, "text")
-    before = len(ds)
-    ds = ds.filter(lambda b: [bool(t and t.strip()) for t in b["text"]], batched=True)
-    ctx.cache["empty_documents"] = before - len(ds)
-    if len(ds) == 0:
-        raise DataError(
-            f"{where} holds no non-empty document ({before} empty). Check data.path, data.text_column "
-            "and data.documents."
-        )
-    if cfg.max_documents is not None:
-        ds = ds.select(range(min(cfg.max_documents, len(ds))))
     return ds
 
 
-SOURCE_CACHE = "source-cache"  # a source's Arrow copy of a large corpus (Dataset.from_generator), in data/
+SOURCE_CACHE = "source-cache"  # a source's Arrow copy of a large corpus (arrowio.write_texts), in data/
 TOKENIZER_SAMPLE = 10_000  # streaming: documents after the validation rows the tokenizer is trained on
 
 
@@ -191,7 +236,7 @@ def _run_streaming(ctx: Context, cfg: DataConfig) -> dict[str, Any]:
     splits = datasets.DatasetDict(
         train=datasets.Dataset.from_dict({"text": train}), validation=datasets.Dataset.from_dict({"text": val})
     )
-    stats: dict[str, Any] = {name: _text_stats(ds) for name, ds in splits.items()}
+    stats: dict[str, Any] = {"train": _text_stats(train), "validation": _text_stats(val)}
     stats["empty_documents_dropped"] = rows - len(train) - len(val)
     stats["streaming"] = {"validation_rows": min(V, rows), "tokenizer_sample_rows": max(0, rows - V)}
     with rundir.atomic_dir(ctx.path("data", "documents"), ctx.fingerprints["data"], stats) as tmp:
@@ -208,34 +253,16 @@ def _materialise_stream(stream: Any, cfg: DataConfig, ctx: Context) -> datasets.
     """A plugin's DocumentStream as an on-disk Dataset (bounded memory), capped at max_documents."""
     from llmforge.streaming import DOC_BATCH
 
-    def gen(column: str = cfg.text_column, limit: int | None = cfg.max_documents):
-        for texts, _ in stream.stream_batches(None, DOC_BATCH, 0, limit):
-            for t in texts:
-                yield {column: t}
-
-    features = datasets.Features({cfg.text_column: datasets.Value("string")})
-    try:
-        return datasets.Dataset.from_generator(
-            gen, features=features, cache_dir=str(ctx.path("data", SOURCE_CACHE)), fingerprint=f"stream-{os.getpid()}"
-        )
-    except datasets.exceptions.DatasetGenerationError as exc:
-        if isinstance(exc.__cause__, DataError):
-            raise exc.__cause__ from None
-        raise
+    texts = (t for batch, _ in stream.stream_batches(None, DOC_BATCH, 0, cfg.max_documents) for t in batch)
+    return arrowio.write_texts(ctx.path("data", SOURCE_CACHE, "stream.arrow"), cfg.text_column, texts)
 
 
-def _materialise(stream: datasets.IterableDataset, cfg: DataConfig) -> datasets.Dataset:
+def _materialise(stream: datasets.IterableDataset, cfg: DataConfig, ctx: Context) -> datasets.Dataset:
+    """A streamed hub dataset as an on-disk Dataset (bounded memory), capped at max_documents."""
     if cfg.max_documents is not None:
         stream = stream.take(cfg.max_documents)
-    rows = [{cfg.text_column: row.get(cfg.text_column)} for row in stream] if cfg.max_documents else None
-    if rows is not None:
-        return datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({cfg.text_column: []})
-
-    def gen(stream: datasets.IterableDataset = stream, col: str = cfg.text_column):
-        for row in stream:
-            yield {col: row.get(col)}
-
-    return datasets.Dataset.from_generator(gen)
+    texts = (row.get(cfg.text_column) for row in stream)
+    return arrowio.write_texts(ctx.path("data", SOURCE_CACHE, "stream.arrow"), cfg.text_column, texts)
 
 
 def _check_text_column(ds: datasets.Dataset, cfg: DataConfig) -> None:
@@ -252,13 +279,8 @@ def _check_text_column(ds: datasets.Dataset, cfg: DataConfig) -> None:
         )
 
 
-def _text_stats(ds: datasets.Dataset) -> dict[str, int]:
-    words = chars = 0
-    for batch in ds.iter(batch_size=2048):
-        for t in batch["text"]:
-            words += len(t.split())
-            chars += len(t)
-    return {"documents": len(ds), "words": words, "characters": chars}
+def _text_stats(texts: list[str]) -> dict[str, int]:
+    return {"documents": len(texts), "words": sum(len(t.split()) for t in texts), "characters": sum(map(len, texts))}
 
 
 def _input_stats(cfg: DataConfig) -> Any:
@@ -323,11 +345,11 @@ def _build_blocks(ctx: Context, out: Path, fp: str) -> None:
     train_counts = np.zeros(len(tok), dtype=np.int64)
     try:
         with rundir.atomic_dir(out, fp, stats) as tmp, _progress(ctx) as progress:
-            splits = {}
+            files = {}
             for name, ds in docs.items():
                 task = progress.add_task(f"tokenizing {name}", total=len(ds))
                 packer = Packer(T)
-                path = scratch / f"{name}.arrow"
+                path = tmp / f".{name}.arrow"
                 nll, targets = 0.0, 0
                 with block_writer(path, T) as write:
                     for joined, n_docs in token_batches(ds, tok, num_proc, scratch / f"{name}-map.arrow"):
@@ -343,15 +365,14 @@ def _build_blocks(ctx: Context, out: Path, fp: str) -> None:
                         f"The {name} split has {packer.tokens} tokens, fewer than one block of "
                         f"model.context_length={T}. Add data, raise data.val_fraction, or lower model.context_length."
                     )
-                splits[name] = datasets.Dataset.from_file(str(path))
+                files[name] = path
                 stats[name] = {"tokens": packer.tokens, "blocks": packer.blocks, "dropped_tokens": len(packer.carry)}
                 if name == "validation":
                     stats[name]["unigram_perplexity"] = float(np.exp(nll / max(targets, 1)))
             words = sum(s["words"] for s in doc_stats.values() if isinstance(s, dict) and "words" in s)
             tokens = sum(stats[name]["tokens"] for name in docs)
             stats["tokens_per_word"] = round(tokens / max(words, 1), 3)
-            datasets.DatasetDict(splits).save_to_disk(str(tmp))
-            del splits
+            arrowio.save_dataset_dict(tmp, files)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     rundir.write_json(ctx.path("data", "stats.json"), {"documents": doc_stats, "blocks": stats})
@@ -361,8 +382,8 @@ def token_batches(ds: datasets.Dataset, tok: Any, num_proc: int, cache: Path) ->
     """Yield (EOS-joined token ids of a batch of documents, documents in it): in process, or with `num_proc` workers."""
     backend, eos = tok.backend_tokenizer, tok.eos_token_id
     if num_proc <= 1:
-        for batch in ds.iter(batch_size=1000):
-            yield encode_joined(backend, batch["text"], eos), len(batch["text"])
+        for texts in arrowio.column_batches(ds, "text"):
+            yield encode_joined(backend, texts, eos), len(texts)
         return
 
     def encode(batch: dict[str, list[str]]) -> dict[str, list[Any]]:  # one row per batch of documents

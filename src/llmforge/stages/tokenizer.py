@@ -13,7 +13,7 @@ import datasets
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from llmforge import rundir
+from llmforge import arrowio, rundir
 from llmforge.config import TokenizerConfig
 from llmforge.context import Context
 from llmforge.errors import ConfigError
@@ -73,8 +73,7 @@ def train_tokenizer(ctx: Context) -> PreTrainedTokenizerFast:
         docs = docs.select(range(min(cfg.max_documents, len(docs))))
 
     def batches():
-        for batch in docs.iter(batch_size=1000):
-            yield batch["text"]
+        yield from arrowio.column_batches(docs, "text")
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
