@@ -2,7 +2,7 @@
 
 Contenders, each a fresh process (peak RSS of the process and of any workers it started):
   prepare-S / prepare-10S   `llmforge prepare` of a text corpus of S and 10 S: the text source on its
-                            on-disk path (Dataset.from_generator), the split, the tokenizer, the sharded
+                            on-disk path (arrowio.write_texts), the split, the tokenizer, the sharded
                             token store
   stream-S / stream-10S     streaming pretraining (data.streaming: true) over the same corpora
 Targets (issue 11 item 4, issue 10): peak RSS of preparing the large corpus at most 1 GB, and neither
