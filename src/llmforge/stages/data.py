@@ -131,7 +131,9 @@ def _write_splits(source: datasets.Dataset, cfg: DataConfig, held_out: np.ndarra
     with contextlib.ExitStack() as stack:
         write = {name: stack.enter_context(arrowio.column_writer(f, "text", pa.string())) for name, f in files.items()}
         for docs in document_batches(source, cfg):
-            is_val = np.isin(np.arange(position, position + len(docs)), held_out)
+            lo, hi = np.searchsorted(held_out, [position, position + len(docs)])
+            is_val = np.zeros(len(docs), dtype=bool)
+            is_val[held_out[lo:hi] - position] = True
             position += len(docs)
             for name, chosen in (("train", ~is_val), ("validation", is_val)):
                 part = [d for d, c in zip(docs, chosen, strict=True) if c]
