@@ -156,8 +156,9 @@ def _large(paths: list[Path], config: DataConfig | None = None) -> bool:
 def _on_disk(documents: Any, paths: list[Path], config: DataConfig, column: str, cache_dir: str | None) -> Any:
     """The documents written one by one to an Arrow file in `cache_dir` (memory stays bounded), reused
     while the files, and the options that shape the documents, are unchanged."""
+    stats = [(str(p), p.stat()) for p in paths]
     key = json.dumps(
-        [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+        [[p, st.st_size, st.st_mtime_ns] for p, st in stats]
         + [config.source, config.documents, config.encoding, column]
     )
     root = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "llmforge"

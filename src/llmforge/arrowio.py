@@ -40,18 +40,18 @@ def column_batches(
     in-memory dataset is read as it is.
     """
     stop = len(ds) if stop is None else min(stop, len(ds))
-    reopen_rows = stop  # never
-    if ds.cache_files and len(ds) and len(pickle.dumps(ds)) < 2**20:
-        row_bytes = max(1, ds.data.nbytes // len(ds))
-        reopen_rows = max(batch_size, REOPEN_BYTES // row_bytes)
-        ds = pickle.loads(pickle.dumps(ds))  # our own map: the caller's object never holds the pages read
+    pickled = pickle.dumps(ds) if ds.cache_files and len(ds) else b""
+    reopen = 0 < len(pickled) < 2**20
+    if reopen:
+        ds = pickle.loads(pickled)  # our own map: the caller's object never holds the pages read
+        reopen_rows = max(batch_size, REOPEN_BYTES // max(1, ds.data.nbytes // len(ds)))
     since = 0
     for a in range(start, stop, batch_size):
         b = min(stop, a + batch_size)
         yield ds[a:b][column]
         since += b - a
-        if since >= reopen_rows:
-            ds, since = pickle.loads(pickle.dumps(ds)), 0
+        if reopen and since >= reopen_rows:
+            ds, since = pickle.loads(pickled), 0
 
 
 @contextlib.contextmanager

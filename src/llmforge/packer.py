@@ -1,8 +1,9 @@
 """Documents to training blocks: tokenize, join with EOS, cut `context_length` blocks, carry the rest.
 
 Shared by the data stage, the token store's worker processes and the streaming reader, so the three
-produce the same blocks from the same documents. Kept to numpy and tokenizers: a token-store worker
-imports this module in a fresh process, and importing torch or the stages there cost seconds per worker.
+produce the same blocks from the same documents. Kept to numpy, pyarrow and tokenizers: a token-store
+worker imports this module in a fresh process, and importing torch or the stages there cost seconds per
+worker.
 """
 
 from __future__ import annotations

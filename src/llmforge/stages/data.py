@@ -12,6 +12,7 @@ row `val_documents` on (llmforge.streaming), so nothing of the corpus is copied 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import shutil
@@ -90,12 +91,12 @@ def run(ctx: Context) -> dict[str, Any]:
     return stats
 
 
+@dataclasses.dataclass
 class DocumentCount:
     """What a pass of `document_batches` saw: documents kept and empty ones dropped."""
 
-    def __init__(self) -> None:
-        self.kept = 0
-        self.empty = 0
+    kept: int = 0
+    empty: int = 0
 
 
 def document_batches(ds: datasets.Dataset, cfg: DataConfig, count: DocumentCount | None = None) -> Any:
@@ -268,7 +269,7 @@ def _materialise(stream: datasets.IterableDataset, cfg: DataConfig, ctx: Context
 
 
 def _check_text_column(ds: datasets.Dataset, cfg: DataConfig) -> None:
-    where = cfg.path or cfg.name or cfg.source
+    where = where_of(cfg)
     if cfg.text_column not in ds.column_names:
         raise DataError(
             f"{where} has no column '{cfg.text_column}' (data.text_column). Its columns: {', '.join(ds.column_names)}."
@@ -394,8 +395,9 @@ def token_batches(ds: datasets.Dataset, tok: Any, num_proc: int, cache: Path) ->
     mapped = ds.map(
         encode, batched=True, batch_size=1000, num_proc=num_proc, remove_columns=["text"], cache_file_name=str(cache)
     )
-    for row in mapped.with_format("numpy"):
-        yield row["joined"], int(row["documents"])
+    documents = list(mapped["documents"])  # one small int per row
+    for joined, n_docs in zip(arrowio.column_batches(mapped.with_format("numpy"), "joined", 1), documents, strict=True):
+        yield joined[0], int(n_docs)
 
 
 def _progress(ctx: Context) -> Progress:
