@@ -39,7 +39,7 @@ SMOKE = {"n_layer": 2, "n_embd": 64, "n_head": 2, "context_length": 64, "batch_s
 
 def matched_shape(arch: str, base: dict, vocab: int) -> dict:
     """`arch` at GPT-2's depth, width and heads (GQA: half the KV heads), MLP width matched to GPT-2's count."""
-    from llmforge.families import FAMILIES
+    from llmforge.models.families import FAMILIES
 
     shape = {k: base[k] for k in ("n_layer", "n_embd", "n_head", "context_length")}
     family = FAMILIES[arch]
@@ -57,8 +57,8 @@ def matched_shape(arch: str, base: dict, vocab: int) -> dict:
 def parameters(model: dict, vocab: int) -> int:
     from transformers import AutoModelForCausalLM
 
-    from llmforge.config import ModelConfig
-    from llmforge.stages.model import family_config
+    from llmforge.config.schema import ModelConfig
+    from llmforge.models.build import family_config
 
     class Vocabulary:
         eos_token_id, bos_token_id, pad_token_id = 0, None, 1

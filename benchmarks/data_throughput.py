@@ -87,7 +87,7 @@ def contender(name: str, work: Path) -> None:
                 )
                 tokens += len(blocks) * T
     else:
-        from llmforge.tokenstore import build
+        from llmforge.data.tokenstore import build
 
         with tempfile.TemporaryDirectory() as out:
             info = build(work / "documents", work / "tokenizer", T, Path(out) / "store", 2 if "2" in name else 1)

@@ -39,7 +39,7 @@ def build(path: Path, rows: int) -> int:
 
 
 def read_llmforge(path: Path) -> int:
-    from llmforge.config import DataConfig
+    from llmforge.config.schema import DataConfig
     from llmforge_deeplake import load_deeplake  # imported before the clock starts (main)
 
     source = load_deeplake(DataConfig(source="deeplake", path=str(path), text_column="text"))

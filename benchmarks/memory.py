@@ -90,7 +90,7 @@ def contender(name: str, corpus: Path, work: Path) -> None:
     kind = name.split("-")[0]
     r = Recipe.from_dict(recipe(corpus, streaming=kind == "stream"))
     if kind == "prepare":
-        from llmforge.tokenstore import prepare
+        from llmforge.data.tokenstore import prepare
 
         prepare(r, work / "store", work / "run", num_proc=1, console=Console(quiet=True))
     else:

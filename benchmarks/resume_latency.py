@@ -70,15 +70,15 @@ def replay(recipe_file: Path, run: Path, blocks: int) -> None:
     from transformers import AutoTokenizer
 
     from llmforge import Recipe
-    from llmforge.context import Context
-    from llmforge.plugins import get_plugins
-    from llmforge.stages import data
-    from llmforge.streaming import StreamingBlocks
+    from llmforge.data.documents import open_stream
+    from llmforge.data.streaming import StreamingBlocks
+    from llmforge.plugin.manager import get_plugins
+    from llmforge.stages.context import Context
 
     r = Recipe.from_yaml(recipe_file)
     ctx = Context(run, r, get_plugins(r.plugins), Console(quiet=True))
     tok = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
-    stream = StreamingBlocks(data.open_stream(r.data, ctx), tok, r.model.context_length, r.data.val_documents)
+    stream = StreamingBlocks(open_stream(ctx.source(r.data)), tok, r.model.context_length, r.data.val_documents)
     started = time.perf_counter()
     for i, _ in enumerate(stream, 1):
         if i == blocks:

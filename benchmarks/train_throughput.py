@@ -66,10 +66,10 @@ def bare_contender(shape: dict, tokenizer: str) -> dict:
     from rich.console import Console
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
-    from llmforge.allocator import keep_freed_memory
-    from llmforge.attention import document_attention
-    from llmforge.packing import PackedCollator
-    from llmforge.stages.train import precision_flags
+    from llmforge.data.batches import PackedCollator
+    from llmforge.models.attention import document_attention
+    from llmforge.training.allocator import keep_freed_memory
+    from llmforge.training.arguments import precision_flags
 
     with tempfile.TemporaryDirectory() as out:
         recipe = recipe_for(shape, tokenizer, 1)
@@ -195,16 +195,10 @@ def build_tokenizer(out: Path) -> None:
         {"name": "tok", "data": {"path": str(CORPUS), "documents": "paragraph"}, "tokenizer": {"vocab_size": 8192}}
     )
     with tempfile.TemporaryDirectory() as run:
-        from llmforge.context import Context
-        from llmforge.plugins import get_plugins
-        from llmforge.stages import data, tokenizer
+        from transformers import AutoTokenizer
 
-        ctx = Context(Path(run), recipe, get_plugins(), Console(quiet=True))
-        ctx.fingerprints["data"] = data.fingerprint(ctx)
-        data.run(ctx)
-        ctx.fingerprints["tokenizer"] = tokenizer.fingerprint(ctx)
-        tokenizer.run(ctx)
-        tokenizer.load_tokenizer(ctx).save_pretrained(str(out))
+        recipe.run(run, until="tokenizer", console=Console(quiet=True))
+        AutoTokenizer.from_pretrained(str(Path(run) / "tokenizer")).save_pretrained(str(out))
 
 
 CONTENDERS = {"seed": seed_contender, "llmforge": llmforge_contender, "bare-loop": bare_contender}

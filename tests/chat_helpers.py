@@ -16,7 +16,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from llmforge.plugins import get_plugins
+from llmforge.plugin.manager import get_plugins
 
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCT = REPO / "examples" / "data" / "instruct"

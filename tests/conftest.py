@@ -102,7 +102,7 @@ def stream_recipe_dict(tmp_path: Path, docs: list[str], **train: object) -> dict
 def packed_document_logits(model, doc1: list[int], doc2: list[int], eos: int) -> tuple:
     """Logits of `doc2` packed after `doc1` (positions restarting, as training calls the model), of `doc2` alone,
     and of `doc2` after `doc1` with plain causal attention (what a leak would look like)."""
-    from llmforge.packing import PackedCollator
+    from llmforge.data.batches import PackedCollator
 
     collate = PackedCollator(eos)
     packed, alone = collate([{"input_ids": doc1 + doc2}]), collate([{"input_ids": doc2}])

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from llmforge import arrowio
-from llmforge.packer import block_writer
+from llmforge.data import arrowio
+from llmforge.data.packer import block_writer
 
 
 def file_backed(tmp_path: Path, rows: int, width: int = 1000) -> datasets.Dataset:

@@ -6,8 +6,8 @@ from transformers import GPT2LMHeadModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from conftest import tiny_gpt2
-from llmforge.attention import BLOCK, MATH_MAX_KEYS, NAME, document_attention, document_sdpa, key_starts
-from llmforge.packing import PackedCollator
+from llmforge.data.batches import PackedCollator
+from llmforge.models.attention import BLOCK, MATH_MAX_KEYS, NAME, document_attention, document_sdpa, key_starts
 
 EOS = 0
 

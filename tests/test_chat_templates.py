@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from chat_helpers import CHAT, EOS, OWN, registry, tiny_tokenizer
-from llmforge.conversations import ChatTemplate, TemplateError, install_template, render
+from llmforge.chat.conversations import ChatTemplate, TemplateError, install_template, render
 from llmforge.errors import ConfigError, PluginError
 
 CHATML_TEXT = (

@@ -7,7 +7,15 @@ from typing import Any, Literal
 
 import pytest
 
-from llmforge.config import DataConfig, ModelConfig, TokenizerConfig, TrainConfig, check_type, field_docs, from_mapping
+from llmforge.config.schema import (
+    DataConfig,
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+    check_type,
+    field_docs,
+    from_mapping,
+)
 from llmforge.errors import ConfigError, LlmforgeError
 from llmforge.recipe import Recipe, apply_override
 

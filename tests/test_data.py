@@ -13,11 +13,12 @@ from transformers import AutoTokenizer
 
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
-from llmforge.config import DataConfig
-from llmforge.context import Context
+from llmforge.config.schema import DataConfig
+from llmforge.data import documents
 from llmforge.errors import ConfigError, DataError
-from llmforge.plugins import get_plugins
+from llmforge.plugin.manager import get_plugins
 from llmforge.stages import data
+from llmforge.stages.context import Context
 
 EOS = "<|endoftext|>"
 T = 32
@@ -43,12 +44,14 @@ def run_data_stage(recipe: Recipe, out: Path) -> dict:
     return data.run(ctx)
 
 
-def read(cfg: DataConfig, tmp_path: Path) -> tuple[datasets.Dataset, data.DocumentCount]:
+def read(cfg: DataConfig, tmp_path: Path) -> tuple[datasets.Dataset, documents.DocumentCount]:
     """The documents the data stage keeps from a source (as a Dataset), and what it counted."""
     datasets.disable_progress_bars()
     ctx = Context(tmp_path / "run", Recipe(), get_plugins(), quiet())
-    count = data.DocumentCount()
-    docs = [d for batch in data.document_batches(data.read_documents(cfg, ctx), cfg, count) for d in batch]
+    count = documents.DocumentCount()
+    docs = [
+        d for batch in documents.document_batches(documents.read_documents(ctx.source(cfg)), cfg, count) for d in batch
+    ]
     return datasets.Dataset.from_dict({"text": docs}), count
 
 
@@ -451,11 +454,11 @@ def test_failure_while_saving_leaves_no_partial_dir(corpus_file, tmp_path, monke
 
 
 def test_held_out_documents_are_a_seeded_draw_without_repeats():
-    a = data.held_out_documents(10_000, 50, seed=7)
+    a = documents.held_out_documents(10_000, 50, seed=7)
     assert len(a) == 50 and len(set(a.tolist())) == 50
     assert (np.diff(a) > 0).all() and a.min() >= 0 and a.max() < 10_000
-    assert (a == data.held_out_documents(10_000, 50, seed=7)).all()
-    assert not (a == data.held_out_documents(10_000, 50, seed=8)).all()
+    assert (a == documents.held_out_documents(10_000, 50, seed=7)).all()
+    assert not (a == documents.held_out_documents(10_000, 50, seed=8)).all()
 
 
 def test_training_documents_keep_the_source_order(tmp_path):

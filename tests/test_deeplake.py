@@ -13,11 +13,11 @@ from rich.console import Console
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.cli import main
-from llmforge.config import DataConfig
+from llmforge.config.schema import DataConfig
 from llmforge.errors import DataError
 
 deeplake = pytest.importorskip("deeplake")
-from llmforge.streaming import StreamingBlocks  # noqa: E402
+from llmforge.data.streaming import StreamingBlocks  # noqa: E402
 from llmforge_deeplake import load_deeplake  # noqa: E402
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from conftest import REPO
 from llmforge import Recipe, docgen
-from llmforge.config import field_docs
+from llmforge.config.schema import field_docs
 from llmforge.errors import ConfigError
 
 EXAMPLE_RECIPES = sorted([*(REPO / "examples").glob("*.yaml"), *(REPO / "examples").glob("*/recipe.yaml")])

@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import CORPUS, REPO, tiny_recipe_dict
 from llmforge import Recipe, evaluate
 from llmforge.errors import ConfigError, DataError, PluginError
-from llmforge.evaluate import TaskSet, table_rows
-from llmforge.plugins import get_plugins
+from llmforge.eval.harness import TaskSet, table_rows
+from llmforge.plugin.manager import get_plugins
 
 SAMPLES = REPO / "examples" / "data" / "benchmarks"
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent
@@ -254,7 +254,7 @@ def test_comparison_rows_have_a_difference_column():
 
 
 def test_evaluate_stage_scores_the_in_memory_model_and_writes_results(tmp_path, monkeypatch, capsys):
-    import llmforge.generate
+    import llmforge.stages.evaluate
 
     recipe = Recipe.from_dict(
         eval_recipe(tmp_path, benchmarks=["mmlu", "hellaswag"], data_dir=str(SAMPLES), limit=3, batch_size=4)
@@ -264,7 +264,7 @@ def test_evaluate_stage_scores_the_in_memory_model_and_writes_results(tmp_path, 
     def no_reload(*args, **kwargs):
         raise AssertionError("the evaluate stage reloaded the model it had in memory")
 
-    monkeypatch.setattr(llmforge.generate, "load", no_reload)
+    monkeypatch.setattr(llmforge.stages.evaluate, "load_model_dir", no_reload)
     recipe.run(out)
     monkeypatch.undo()
     printed = capsys.readouterr().out
@@ -294,7 +294,7 @@ def test_evaluate_stage_scores_the_in_memory_model_and_writes_results(tmp_path, 
 
     # a rerun skips it; --only evaluate loads the saved model once and gets the same numbers
     recipe.run(out)
-    assert capsys.readouterr().out.count("up to date") == 5
+    assert capsys.readouterr().out.count("up to date") == 6
     recipe.run(out, only="evaluate")
     again = json.loads((out / "eval" / "results.json").read_text())
     assert again["table"] == table

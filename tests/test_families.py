@@ -1,6 +1,6 @@
 """Model families: the recipe's sizes per family, presets, errors, and every family through the same path.
 
-The same promises for each verified family (llmforge.families.FAMILIES): packed documents do not see
+The same promises for each verified family (llmforge.models.families.FAMILIES): packed documents do not see
 each other, the fused loss equals the model's own, and the tiny recipe trains, resumes exactly, saves a
 plain HF dir, generates and evaluates.
 """
@@ -21,13 +21,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, CohereConfig
 from conftest import packed_document_logits, tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.cli import main as cli_main
-from llmforge.config import ModelConfig
+from llmforge.config.schema import ModelConfig
+from llmforge.data.batches import PackedCollator, document_leak
 from llmforge.errors import ConfigError
-from llmforge.families import FAMILIES, apply_preset, mlp_width
-from llmforge.packing import PackedCollator, document_leak
-from llmforge.plugins import get_plugins
-from llmforge.stages.model import build_model, check_document_aware, family_config
-from llmforge.trainer import FUSED_LOSS_FAMILIES, chunked_causal_lm_loss, fused_loss_supported
+from llmforge.models.build import build_model, check_document_aware, family_config
+from llmforge.models.families import FAMILIES, apply_preset, mlp_width
+from llmforge.plugin.manager import get_plugins
+from llmforge.training.trainer import FUSED_LOSS_FAMILIES, chunked_causal_lm_loss, fused_loss_supported
 
 ARCHS = sorted(FAMILIES)
 SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data" / "benchmarks"
@@ -165,7 +165,7 @@ def test_a_plugin_in_the_recipe_adds_a_preset(tmp_path, monkeypatch):
         textwrap.dedent(
             """
             from llmforge import hookimpl
-            from llmforge.families import ModelPreset
+            from llmforge.models.families import ModelPreset
 
             @hookimpl
             def register_model_presets(register):

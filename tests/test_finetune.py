@@ -21,14 +21,16 @@ import llmforge
 from chat_helpers import INSTRUCT, registry, tiny_base, tiny_tokenizer, write_jsonl
 from conftest import tiny_recipe_dict
 from llmforge import Recipe, Run
+from llmforge.chat.conversations import install_template
+from llmforge.chat.examples import build_examples, summary_lines
 from llmforge.cli import main
-from llmforge.config import FinetuneConfig
-from llmforge.conversations import install_template
+from llmforge.config.schema import FinetuneConfig
+from llmforge.data.batches import ExampleCollator
 from llmforge.errors import ConfigError
-from llmforge.generate import chat, load
-from llmforge.packing import ExampleCollator
-from llmforge.plugins import get_plugins
-from llmforge.stages.finetune import build_examples, show_example, summary_lines
+from llmforge.models.loading import load_model_dir as load
+from llmforge.plugin.manager import get_plugins
+from llmforge.tools.generate import chat
+from llmforge.tools.show_example import show_example
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 QUIET = Console(file=open(os.devnull, "w"), width=120)  # noqa: SIM115 - lives as long as the tests
@@ -94,7 +96,7 @@ def test_recipe_pretrains_then_finetunes_resumes_exactly_and_skips_when_done(tmp
 
     # unchanged: nothing reruns
     recipe.run(out)
-    assert capsys.readouterr().out.count("up to date") == 5
+    assert capsys.readouterr().out.count("up to date") == 6  # data, tokenizer, blocks, model, train, finetune
 
     # interrupted after checkpoint-3 (its later checkpoint and the final dir gone): resumes, same weights
     reference = load_file(final / "model.safetensors")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from chat_helpers import CHAT, registry, tiny_tokenizer, write_jsonl
-from llmforge.config import FinetuneConfig
-from llmforge.conversations import ExampleBuilder, Problem, Report, install_template
+from llmforge.chat.conversations import ExampleBuilder, Problem, Report, install_template
+from llmforge.chat.examples import load_rows
+from llmforge.config.schema import FinetuneConfig
 from llmforge.errors import DataError
-from llmforge.stages.finetune import load_rows
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +152,6 @@ def test_rows_reach_the_format_with_every_column(tmp_path, tok):
 
 
 def _plugins():
-    from llmforge.plugins import get_plugins
+    from llmforge.plugin.manager import get_plugins
 
     return get_plugins()

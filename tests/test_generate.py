@@ -10,7 +10,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from llmforge.errors import ConfigError
-from llmforge.generate import generate, load
+from llmforge.models.loading import load_model_dir as load
+from llmforge.tools.generate import generate
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 POSITIONS = 32

@@ -1,4 +1,4 @@
-"""LoRA through peft (llmforge/lora.py): targets, new-token rows, merge, adapters saved beside their base."""
+"""LoRA through peft (llmforge/models/lora.py): targets, new-token rows, merge, adapters saved beside their base."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 
 import llmforge
 from chat_helpers import INSTRUCT, tiny_base
-from llmforge.config import FinetuneConfig, LoraConfig
+from llmforge.config.schema import FinetuneConfig, LoraConfig
 from llmforge.errors import ConfigError
-from llmforge.generate import load
-from llmforge.lora import apply_lora, parameter_counts, target_modules
+from llmforge.models.loading import load_model_dir as load
+from llmforge.models.lora import apply_lora, parameter_counts, target_modules
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 

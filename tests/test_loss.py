@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llmforge.loss import linear_cross_entropy_sum
+from llmforge.training.loss import linear_cross_entropy_sum
 
 
 def _reference(hidden, weight, labels):

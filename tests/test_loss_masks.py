@@ -1,4 +1,4 @@
-"""Loss masks (plugins/llmforge_chat/masks.py) and character spans -> token labels (llmforge.conversations).
+"""Loss masks (plugins/llmforge_chat/masks.py) and character spans -> token labels (llmforge.chat.conversations).
 
 The reference is transformers' own `apply_chat_template(..., return_assistant_tokens_mask=True)` on
 templates with `{% generation %}` markers, on multi-turn conversations with a system message.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from chat_helpers import CHAT, OWN, registry, tiny_tokenizer
-from llmforge.conversations import ExampleBuilder, LossMask, Report, install_template, token_mask
+from llmforge.chat.conversations import ExampleBuilder, LossMask, Report, install_template, token_mask
 from llmforge.errors import DataError
 
 CONVERSATIONS = [

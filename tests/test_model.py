@@ -19,9 +19,9 @@ from transformers import (
 
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
-from llmforge.config import ModelConfig
+from llmforge.config.schema import ModelConfig
 from llmforge.errors import ConfigError
-from llmforge.stages.model import build_model, family_config
+from llmforge.models.build import build_model, family_config
 
 EOS, PAD, BOS = "<|endoftext|>", "<|pad|>", "<|bos|>"
 SMALL = {"n_layer": 1, "n_embd": 32, "n_head": 2, "context_length": 32}

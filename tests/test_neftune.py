@@ -10,9 +10,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.integrations.neftune import neftune_post_forward_hook
 
 import llmforge_neftune as neft
-from llmforge.config import FinetuneConfig, LoraConfig
-from llmforge.lora import apply_lora
-from llmforge.plugins import get_plugins
+from llmforge.config.schema import FinetuneConfig, LoraConfig
+from llmforge.models.lora import apply_lora
+from llmforge.plugin.manager import get_plugins
 
 ALPHA, D = 5.0, 64
 

@@ -2,8 +2,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from conftest import packed_document_logits, tiny_gpt2
+from llmforge.data.batches import DocumentMaskGuard, PackedCollator, document_position_ids
 from llmforge.errors import TrainingError
-from llmforge.packing import DocumentMaskGuard, PackedCollator, document_position_ids
 
 EOS = 0
 

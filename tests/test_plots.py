@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_recipe_dict
-from llmforge import Recipe, plots
+from llmforge import Recipe
 from llmforge.cli import main
+from llmforge.tools import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -126,7 +127,7 @@ def test_compare_prints_every_checkpoint(finished_run, capsys):
 
 
 def test_compare_losses_are_the_logged_ones(finished_run):
-    from llmforge.compare import compare
+    from llmforge.tools.compare import compare
 
     snaps = compare(finished_run, ["Mr."], max_new_tokens=3)
     logged = {r["step"]: r["eval_loss"] for r in plots.read_metrics(finished_run) if r["stage"] == "train"
@@ -137,7 +138,7 @@ def test_compare_losses_are_the_logged_ones(finished_run):
 
 
 def test_compare_chat_answers_with_tuned_models_and_continues_with_base_ones(finished_run):
-    from llmforge.compare import compare
+    from llmforge.tools.compare import compare
 
     snaps = compare(finished_run, ["What is the capital of France?"], chat=True, max_new_tokens=4)
     base = [s for s in snaps if s.stage == "train"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmforge.errors import LlmforgeError, PluginError, closest
-from llmforge.plugins import KINDS, Plugins, Registry, get_plugins
+from llmforge.plugin.manager import KINDS, Plugins, Registry, get_plugins
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_plugin_error_is_llmforge_error():
 def test_module_plugin_registers_data_source(make_plugin):
     mod = make_plugin("lf_test_plugin_ok", source_plugin(loaded="from-ok"))
     plugins = Plugins(modules=[mod], entry_points=False)
-    load = plugins.data_source("mine")
+    load = plugins.data_source("mine").load  # a plain function is registered as DataSource(load=function)
     assert load(None) == "from-ok"
     assert plugins.registries["data_source"].owner("mine") == mod
     (info,) = plugins.infos
@@ -173,13 +173,13 @@ def test_module_attribute_target(make_plugin):
         class Impl:
             @hookimpl
             def register_data_sources(self, register):
-                register("from_attr", "value")
+                register("from_attr", lambda config: "value")
 
         plugin = Impl()
         """,
     )
     plugins = Plugins(modules=[f"{mod}:plugin"], entry_points=False)
-    assert plugins.data_source("from_attr") == "value"
+    assert plugins.data_source("from_attr").load(None) == "value"
     with pytest.raises(PluginError, match=r"failed to import: AttributeError"):
         Plugins(modules=[f"{mod}:nothing_here"], entry_points=False)
 
@@ -295,7 +295,7 @@ def test_call_without_implementations_returns_empty():
 # --- built-in plugins via entry points ------------------------------------------------------------
 
 
-BUILTIN_SOURCES = ["csv", "hub", "json", "jsonl", "parquet", "text"]
+BUILTIN_SOURCES = ["csv", "hub", "json", "jsonl", "parquet", "text", "token_store"]
 
 
 def test_builtin_entry_points_register_sources():
@@ -309,8 +309,9 @@ def test_builtin_entry_points_register_sources():
     assert info.module == "llmforge_sources"
     assert info.version == "0.1.0"
     assert sorted(info.registered["data_source"]) == BUILTIN_SOURCES
-    assert plugins.data_source("text") is llmforge_sources.load_text
-    assert plugins.data_source("hub") is llmforge_sources.load_hub
+    assert plugins.data_source("text").load is llmforge_sources.load_text
+    assert plugins.data_source("hub").load is llmforge_sources.load_hub
+    assert plugins.data_source("token_store").packed is not None  # blocks read as they are
     assert all(plugins.registries["data_source"].owner(n) == "sources" for n in BUILTIN_SOURCES)
 
 
@@ -323,9 +324,9 @@ def test_no_entry_points_means_no_builtin_sources():
 
 
 def test_get_plugins_is_cached_per_module_list(make_plugin, monkeypatch):
-    import llmforge.plugins
+    import llmforge.plugin.manager
 
-    monkeypatch.setattr(llmforge.plugins, "_DEFAULT", {})  # leave the process-wide cache as it was
+    monkeypatch.setattr(llmforge.plugin.manager, "_DEFAULT", {})  # leave the process-wide cache as it was
     mod = make_plugin("lf_test_plugin_cached", source_plugin())
     first = get_plugins([mod])
     assert get_plugins([mod]) is first
@@ -347,3 +348,19 @@ def test_misspelt_hook_name_is_an_error_naming_the_plugin(make_plugin):
     )
     with pytest.raises(PluginError, match=r"Plugin 'typo_plugin' .*unknown hook.*register_data_source"):
         Plugins(modules=[mod], entry_points=False)
+
+
+def test_a_registered_non_callable_data_source_is_named(make_plugin):
+    mod = make_plugin(
+        "lf_test_plugin_bad_source",
+        """
+        from llmforge import hookimpl
+
+        @hookimpl
+        def register_data_sources(register):
+            register("broken", 42)
+        """,
+    )
+    plugins = Plugins(modules=[mod], entry_points=False)
+    with pytest.raises(PluginError, match=r"registered data source 'broken' as a int, not a function or a llmforge"):
+        plugins.data_source("broken")

@@ -59,14 +59,14 @@ def test_rerun_skips_finished_stages_and_reruns_changed_ones(tiny_recipe, tmp_pa
     capsys.readouterr()
     tiny_recipe.run(out)
     printed = capsys.readouterr().out
-    assert printed.count("up to date") == 4
+    assert printed.count("up to date") == 5  # data, tokenizer, blocks, model, train
     assert (out / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tokenizer_mtime
 
     # a train-only change reruns only train, resuming from the complete checkpoint at step 6
     tiny_recipe.train.max_steps = 9
     tiny_recipe.run(out)
     printed = capsys.readouterr().out
-    assert printed.count("up to date") == 3
+    assert printed.count("up to date") == 4
     assert "resuming from checkpoint-6" in printed
     assert (out / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tokenizer_mtime
     steps = [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in r]

@@ -11,7 +11,8 @@ from rich.console import Console
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.cli import main
-from llmforge.report import CHINCHILLA_TOKENS_PER_PARAM, data_report, gpt2_parameters
+from llmforge.models.build import CHINCHILLA_TOKENS_PER_PARAM
+from llmforge.tools.report import data_report, gpt2_parameters
 
 
 def test_report_counts_what_training_uses(tmp_path, corpus_file):

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 from conftest import REPO
-from llmforge.plugins import Plugins
+from llmforge.plugin.manager import Plugins
 
 
 def test_finished_model_dir_holds_no_pickle(tiny_recipe, tmp_path):
@@ -32,8 +32,8 @@ def test_llmforge_never_calls_torch_load_unsafely():
 def test_trust_remote_code_is_off_by_default_and_said_aloud_when_on(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from llmforge.config import ModelConfig
-    from llmforge.stages.model import load_pretrained
+    from llmforge.config.schema import ModelConfig
+    from llmforge.models.build import load_pretrained_model as load_pretrained
 
     assert ModelConfig().trust_remote_code is False
     d = tmp_path / "base"

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import llmforge_sources as src
-from llmforge.config import DataConfig
+from llmforge.config.schema import DataConfig
 from llmforge.errors import DataError
 
 
@@ -570,18 +570,20 @@ def test_pretraining_refuses_a_null_text_column(tmp_path, corpus_file):
 def test_register_data_sources_registers_all_builtins():
     seen = {}
     src.register_data_sources(lambda name, obj: seen.setdefault(name, obj))
-    assert seen == {
+    assert {name: source.load for name, source in seen.items()} == {
         "text": src.load_text,
         "jsonl": src.load_jsonl,
         "json": src.load_json,
         "parquet": src.load_parquet,
         "csv": src.load_csv,
         "hub": src.load_hub,
+        "token_store": src.load_token_store,
     }
+    assert seen["token_store"].packed is not None and all(s.inputs is not None for s in seen.values())
 
 
 def test_text_byte_order_mark_is_not_content(tmp_path):
-    from llmforge.config import DataConfig
+    from llmforge.config.schema import DataConfig
     from llmforge_sources import load_text
 
     path = tmp_path / "bom.txt"

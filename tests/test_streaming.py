@@ -15,8 +15,8 @@ from transformers import AutoTokenizer
 
 from conftest import stream_recipe_dict, tiny_recipe_dict
 from llmforge import Recipe
+from llmforge.data.streaming import IterableStream, RowStream, StreamingBlocks
 from llmforge.errors import ConfigError, DataError
-from llmforge.streaming import IterableStream, RowStream, StreamingBlocks
 
 T = 32
 
@@ -205,7 +205,7 @@ def test_on_disk_path_of_file_sources_gives_the_same_run(tmp_path, corpus_text, 
         out = tmp_path / name
         Recipe.from_dict(recipe).run(out, only="data", console=quiet())
         Recipe.from_dict(recipe).run(out, only="tokenizer", console=quiet())
-        Recipe.from_dict(recipe).run(out, only="model", console=quiet())  # builds data/blocks
+        Recipe.from_dict(recipe).run(out, only="blocks", console=quiet())
         outs[name] = out
     for part in ("documents", "blocks"):
         a = datasets.load_from_disk(str(outs["memory"] / "data" / part))
@@ -216,7 +216,7 @@ def test_on_disk_path_of_file_sources_gives_the_same_run(tmp_path, corpus_text, 
 
 
 def test_large_text_input_is_written_to_the_cache_dir_not_held_in_memory(tmp_path, corpus_text):
-    from llmforge.config import DataConfig
+    from llmforge.config.schema import DataConfig
     from llmforge_sources import load_text
 
     corpus = tmp_path / "book.txt"

@@ -14,12 +14,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
-from llmforge.config import TokenizerConfig
-from llmforge.context import Context
+from llmforge.config.schema import TokenizerConfig
+from llmforge.data.tokenizer import load_pretrained_tokenizer as load_pretrained
 from llmforge.errors import ConfigError
-from llmforge.plugins import get_plugins
+from llmforge.plugin.manager import get_plugins
 from llmforge.stages import data, tokenizer
-from llmforge.stages.tokenizer import load_pretrained
+from llmforge.stages.context import Context
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 UNICODE = "Héllo wörld — 日本語 🙂 naïve\n\ttabs  and  spaces, a , b . c 's don't \x00\x7f\u2028 end "

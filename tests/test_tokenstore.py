@@ -14,8 +14,8 @@ from rich.console import Console
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.cli import main
+from llmforge.data.tokenstore import prepare
 from llmforge.errors import ConfigError
-from llmforge.tokenstore import prepare
 
 
 def quiet() -> Console:
@@ -77,7 +77,10 @@ def test_a_recipe_trains_from_the_store(stores, tmp_path):
     Recipe.from_dict(store_recipe(stores, "store2")).run(out, console=quiet())
     final = json.loads((out / "train" / "final" / ".llmforge.json").read_text())
     assert final["info"]["steps"] == 2
-    assert not (out / "data" / "blocks").exists()  # nothing re-tokenized
+    # nothing re-tokenized: the blocks artefact is a manifest naming the store's own shard files
+    assert [p.name for p in (out / "data" / "blocks").iterdir()] == [".llmforge.json"]
+    blocks = json.loads((out / "data" / "blocks" / ".llmforge.json").read_text())["info"]
+    assert all(Path(f).parent == stores["root"] / "store2" for files in blocks["files"].values() for f in files)
 
 
 def test_truncated_shard_is_one_error_and_exit_code_2(stores, tmp_path, capsys):

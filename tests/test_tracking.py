@@ -10,9 +10,9 @@ import pytest
 
 from conftest import tiny_recipe_dict
 from llmforge import FinetuneConfig, Recipe, TrainConfig
+from llmforge.config.tracking import check_report_to
 from llmforge.errors import ConfigError
-from llmforge.stages.train import training_arguments
-from llmforge.tracking import check_report_to
+from llmforge.training.arguments import training_arguments
 
 
 def test_tensorboard_events_hold_every_logged_loss(tmp_path, corpus_file):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.errors import ConfigError, TrainingError
-from llmforge.stages.train import planned_steps, precision_flags
+from llmforge.training.arguments import planned_steps, precision_flags
 
 NAN_PLUGIN = """
     from llmforge import hookimpl
@@ -162,7 +162,7 @@ def test_fp16_without_a_gpu_is_a_clear_error():
 
 
 def test_planned_steps_from_epochs():
-    from llmforge.config import TrainConfig
+    from llmforge.config.schema import TrainConfig
 
     assert planned_steps(TrainConfig(epochs=2, batch_size=4, grad_accum=2), n_blocks=33, world=1) == 10
     assert planned_steps(TrainConfig(max_steps=7), n_blocks=10**6, world=1) == 7

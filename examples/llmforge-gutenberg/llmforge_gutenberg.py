@@ -17,9 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from llmforge import hookimpl
-from llmforge.config import DataConfig
-from llmforge.errors import DataError
+from llmforge import DataConfig, DataError, hookimpl
 
 START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.MULTILINE | re.IGNORECASE)
 END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG EBOOK.*$", re.MULTILINE | re.IGNORECASE)

@@ -20,9 +20,7 @@ from typing import Any
 
 import yaml
 
-from llmforge import hookimpl
-from llmforge.errors import DataError, did_you_mean
-from llmforge.evaluate import Benchmark, TaskSet, hub_offline, lm_eval_tasks_dir
+from llmforge import Benchmark, DataError, TaskSet, did_you_mean, hookimpl, hub_offline, lm_eval_tasks_dir
 
 SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 MMLU_CATEGORIES = ("humanities", "social_sciences", "stem", "other")

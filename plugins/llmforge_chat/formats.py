@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmforge.conversations import Format, FormatMismatch
+from llmforge import Format, FormatMismatch
 
 
 def _join(first: str, second: Any) -> str:

@@ -6,7 +6,7 @@ no token or (except `all`) every token of an example.
 
 from __future__ import annotations
 
-from llmforge.conversations import LossMask, MaskError, Rendered, Span
+from llmforge import LossMask, MaskError, Rendered, Span
 
 
 def everything(r: Rendered) -> list[Span]:

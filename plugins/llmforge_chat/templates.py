@@ -2,7 +2,7 @@
 
 Every template marks what the assistant writes with `{% generation %}` ... `{% endgeneration %}`, so
 `tokenizer.apply_chat_template(..., return_assistant_tokens_mask=True)` works on a saved model dir
-as well. llmforge itself locates turns by rendering (see llmforge.conversations) and only needs
+as well. llmforge itself locates turns by rendering (see llmforge.chat.conversations) and only needs
 each template to append one message at a time.
 """
 
@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llmforge.conversations import ChatTemplate
-from llmforge.errors import ConfigError
+from llmforge import ChatTemplate, ConfigError
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 

@@ -14,9 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from llmforge import hookimpl
-from llmforge.config import DataConfig
-from llmforge.errors import DataError
+from llmforge import DataConfig, DataError, hookimpl
 
 INSTALL = "pip install 'llmforge[deeplake]'"
 URI_SCHEMES = ("al://", "hub://", "s3://", "gcs://", "gs://", "azure://", "az://", "mem://")

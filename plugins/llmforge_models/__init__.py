@@ -7,8 +7,7 @@ the embedding part (vocab_size x n_embd). docs/models.md says where each shape c
 
 from __future__ import annotations
 
-from llmforge import hookimpl
-from llmforge.families import ModelPreset
+from llmforge import ModelPreset, hookimpl
 
 PRESETS = {
     "gpt2": ModelPreset("gpt2", 12, 768, 12, 1024, description="GPT-2 small, 124M (OpenAI's smallest GPT-2)"),

@@ -7,7 +7,7 @@ source keeps every column of each row (the fine-tuning formats read instruction/
 conversations, messages, ...).
 
 Small corpora are read into memory. Above `STREAM_BYTES` of input, the text and jsonl sources write
-their documents to an on-disk Arrow file one document at a time (`llmforge.arrowio.write_texts`, in
+their documents to an on-disk Arrow file one document at a time (`llmforge.write_texts`, in
 the `cache_dir` the core passes: `data/source-cache/` of the run), so memory does not grow with the
 corpus; the rows, and so every later result, are the same either way.
 """
@@ -25,23 +25,62 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
-from llmforge import arrowio, hookimpl
-from llmforge.config import DataConfig
-from llmforge.errors import DataError
+from llmforge import (
+    DataConfig,
+    DataError,
+    DataSource,
+    first_line,
+    hookimpl,
+    hub_offline,
+    open_token_store,
+    token_store_inputs,
+    write_texts,
+)
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+JSON_SUFFIXES = {".json"}
+PARQUET_SUFFIXES = {".parquet"}
+CSV_SUFFIXES = {".csv", ".tsv"}
 STREAM_BYTES = 256 * 2**20  # inputs larger than this are read document by document to disk
 READ_BYTES = 16 * 2**20  # a text file is read this much at a time
 
 
 @hookimpl
 def register_data_sources(register) -> None:
-    register("text", load_text)
-    register("jsonl", load_jsonl)
-    register("json", load_json)
-    register("parquet", load_parquet)
-    register("csv", load_csv)
-    register("hub", load_hub)
+    register("text", DataSource(load_text, inputs=lambda config: expand_paths(config, TEXT_SUFFIXES)))
+    register("jsonl", DataSource(load_jsonl, inputs=lambda config: expand_paths(config, JSONL_SUFFIXES)))
+    register("json", DataSource(load_json, inputs=lambda config: expand_paths(config, JSON_SUFFIXES)))
+    register("parquet", DataSource(load_parquet, inputs=lambda config: expand_paths(config, PARQUET_SUFFIXES)))
+    register("csv", DataSource(load_csv, inputs=lambda config: expand_paths(config, CSV_SUFFIXES)))
+    register("hub", DataSource(load_hub, inputs=hub_inputs))
+    register(
+        "token_store",
+        DataSource(
+            load_token_store,
+            inputs=token_store_inputs,
+            packed=open_token_store,
+            description="blocks tokenized and packed once by `llmforge prepare`, shared by many runs",
+        ),
+    )
+
+
+def hub_inputs(config: DataConfig) -> list[Path]:
+    """A hub builder over local files (data_files): editing them reruns the stage; a hub name is its own key."""
+    files = config.data_files
+    if files is None:
+        return []
+    names = [files] if isinstance(files, str) else files
+    if isinstance(names, dict):
+        names = [f for v in names.values() for f in ([v] if isinstance(v, str) else v)]
+    return [Path(f) for f in names if Path(f).is_file()]
+
+
+def load_token_store(config: DataConfig) -> datasets.Dataset:
+    raise DataError(
+        f"'{config.path}' is a token store: it holds packed blocks, not documents, so it serves pretraining "
+        "(data.source: token_store), not fine-tuning. Point finetune.path at the instruction rows."
+    )
 
 
 def expand_paths(config: DataConfig, suffixes: set[str]) -> list[Path]:
@@ -165,11 +204,11 @@ def _on_disk(documents: Any, paths: list[Path], config: DataConfig, column: str,
     file = root / f"{config.source}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.arrow"
     if file.is_file():
         return datasets.Dataset.from_file(str(file))
-    return arrowio.write_texts(file, column, (doc for _, doc in documents(paths, config, column)))
+    return write_texts(file, column, (doc for _, doc in documents(paths, config, column)))
 
 
 def load_jsonl(config: DataConfig, cache_dir: str | None = None) -> datasets.Dataset:
-    paths = expand_paths(config, {".jsonl", ".ndjson"})
+    paths = expand_paths(config, JSONL_SUFFIXES)
     if config.text_column is not None and _large(paths, config):
         return _on_disk(_jsonl_values, paths, config, config.text_column, cache_dir)
     return _dataset([value for _, value in _jsonl_values(paths, config, config.text_column)], config)
@@ -212,7 +251,7 @@ def _read_lines(path: Path, encoding: str) -> Any:
 def load_json(config: DataConfig) -> datasets.Dataset:
     texts: list[Any] = []
     field = config.options.get("field")
-    for path in expand_paths(config, {".json"}):
+    for path in expand_paths(config, JSON_SUFFIXES):
         try:
             data = json.loads(read_text_file(path, config.encoding))
         except json.JSONDecodeError as exc:
@@ -278,7 +317,7 @@ def load_parquet(config: DataConfig) -> datasets.Dataset:
     import pyarrow.parquet as pq
 
     texts: list[Any] = []
-    for path in expand_paths(config, {".parquet"}):
+    for path in expand_paths(config, PARQUET_SUFFIXES):
         try:
             schema = pq.read_schema(path)
         except Exception as exc:
@@ -302,7 +341,7 @@ def load_csv(config: DataConfig) -> datasets.Dataset:
     import pandas as pd
 
     texts: list[Any] = []
-    for path in expand_paths(config, {".csv", ".tsv"}):
+    for path in expand_paths(config, CSV_SUFFIXES):
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
         try:
             frame = pd.read_csv(path, sep=sep, encoding=config.encoding, dtype=str, keep_default_na=False)
@@ -340,11 +379,11 @@ def load_hub(config: DataConfig) -> datasets.Dataset | datasets.IterableDataset:
             **config.options,
         )
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
         hint = (
             " The hub is switched off here (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE=1): use a local copy or a file source."
-            if offline
+            if hub_offline()
             else " Check the name, config and split, and your network."
         )
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"Cannot load hub dataset '{config.name}' (config {config.config}): {first}.{hint}") from exc
+        raise DataError(
+            f"Cannot load hub dataset '{config.name}' (config {config.config}): {first_line(exc)}.{hint}"
+        ) from exc

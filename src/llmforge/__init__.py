@@ -1,38 +1,86 @@
-"""llmforge: from raw text to a trained, benchmarked language model, one recipe at a time."""
+"""llmforge: from raw text to a trained, benchmarked language model, one recipe at a time.
 
-from os import PathLike
-from typing import Any
+This module is the public face: what a user and a plugin author import. Plugins import from here only.
+"""
 
-from llmforge.config import DataConfig, FinetuneConfig, LoraConfig, ModelConfig, TokenizerConfig, TrainConfig
-from llmforge.errors import LlmforgeError
-from llmforge.evaluate import evaluate
-from llmforge.hookspecs import hookimpl
-from llmforge.recipe import Recipe, Run
+from llmforge.chat.conversations import TemplateError
+from llmforge.config.schema import (
+    DataConfig,
+    EvaluateConfig,
+    FinetuneConfig,
+    LoraConfig,
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+)
+from llmforge.data.arrowio import write_texts
+from llmforge.data.tokenstore import open_token_store, token_store_inputs
+from llmforge.errors import (
+    ConfigError,
+    DataError,
+    LlmforgeError,
+    PluginError,
+    RunDirError,
+    TrainingError,
+    did_you_mean,
+    first_line,
+)
+from llmforge.eval.harness import evaluate, hub_offline, lm_eval_tasks_dir
+from llmforge.plugin.hookspecs import hookimpl
+from llmforge.plugin.types import (
+    Benchmark,
+    ChatTemplate,
+    DataSource,
+    Format,
+    FormatMismatch,
+    LossMask,
+    MaskError,
+    ModelPreset,
+    Rendered,
+    Span,
+    TaskSet,
+    Turn,
+)
+from llmforge.recipe import Recipe, Run, finetune
 
 __version__ = "0.1.0"
 __all__ = [
+    "Benchmark",
+    "ChatTemplate",
+    "ConfigError",
     "DataConfig",
+    "DataError",
+    "DataSource",
+    "EvaluateConfig",
     "FinetuneConfig",
+    "Format",
+    "FormatMismatch",
     "LlmforgeError",
     "LoraConfig",
+    "LossMask",
+    "MaskError",
     "ModelConfig",
+    "ModelPreset",
+    "PluginError",
     "Recipe",
+    "Rendered",
     "Run",
+    "RunDirError",
+    "Span",
+    "TaskSet",
+    "TemplateError",
     "TokenizerConfig",
     "TrainConfig",
+    "TrainingError",
+    "Turn",
+    "did_you_mean",
     "evaluate",
     "finetune",
+    "first_line",
     "hookimpl",
+    "hub_offline",
+    "lm_eval_tasks_dir",
+    "open_token_store",
+    "token_store_inputs",
+    "write_texts",
 ]
-
-
-def finetune(
-    base: str | PathLike, config: FinetuneConfig | dict | None, out: str | PathLike, console: Any = None
-) -> Run:
-    """Fine-tune any local HF causal-LM dir into `out`; `config` is a FinetuneConfig or a mapping of its keys.
-
-    `llmforge.finetune("my-gpt2", FinetuneConfig(path="chat.jsonl", format="messages"), "runs/chat")` returns
-    the `Run`; its model is `out/finetune/final`. The same as a recipe with only a finetune block."""
-    from llmforge.stages.finetune import finetune as run
-
-    return run(base, config, out, console)

@@ -13,27 +13,31 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llmforge.data.tokenstore import prepare
 from llmforge.errors import LlmforgeError
+from llmforge.eval.harness import evaluate, rich_table, write_results
+from llmforge.models.loading import load_model_dir
+from llmforge.plugin.manager import get_plugins
+from llmforge.recipe import Recipe
+from llmforge.stages import STAGES
+from llmforge.tools.compare import compare
+from llmforge.tools.generate import chat, generate
+from llmforge.tools.plots import write_plots
+from llmforge.tools.report import data_report
+from llmforge.tools.show_example import show_example
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> None:
-    from llmforge.recipe import Recipe
-
     recipe = Recipe.from_yaml(args.recipe, overrides=args.set, smoke=args.smoke)
     recipe.run(args.out, only=args.only, console=console)
 
 
 def cmd_prepare(args: argparse.Namespace, console: Console) -> None:
-    from llmforge.recipe import Recipe
-    from llmforge.tokenstore import prepare
-
     recipe = Recipe.from_yaml(args.recipe, overrides=args.set)
     prepare(recipe, args.store, args.out or f"{args.store}.work", num_proc=args.num_proc, console=console)
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> None:
-    from llmforge.plots import write_plots
-
     for path in write_plots(args.run_dir):
         console.print(f"wrote {path}")
 
@@ -41,8 +45,6 @@ def cmd_plot(args: argparse.Namespace, console: Console) -> None:
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import transformers
     from rich.markup import escape as esc
-
-    from llmforge.compare import compare
 
     transformers.utils.logging.disable_progress_bar()
     snaps = compare(
@@ -78,8 +80,6 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_data_report(args: argparse.Namespace, console: Console) -> None:
-    from llmforge.recipe import Recipe
-    from llmforge.report import data_report
 
     recipe = Recipe.from_yaml(args.recipe, overrides=args.set, smoke=args.smoke)
     data_report(
@@ -96,10 +96,8 @@ def cmd_data_report(args: argparse.Namespace, console: Console) -> None:
 def cmd_generate(args: argparse.Namespace, console: Console) -> None:
     import transformers
 
-    from llmforge.generate import chat, generate, load
-
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar before the answer
-    model, tok = load(args.model_dir)
+    model, tok = load_model_dir(args.model_dir)
     sampling = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -123,16 +121,11 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_show_example(args: argparse.Namespace, console: Console) -> None:
-    from llmforge.recipe import Recipe
-    from llmforge.stages.finetune import show_example
-
     recipe = Recipe.from_yaml(args.recipe, overrides=args.set)
     show_example(recipe, args.index, console, run_dir=args.out)
 
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> None:
-    from llmforge.plugins import get_plugins
-
     plugins = get_plugins()
     table = Table(title="llmforge plugins")
     for col in ("plugin", "package", "version", "module", "registers"):
@@ -148,8 +141,6 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
 
     import datasets
     import transformers
-
-    from llmforge.evaluate import evaluate, rich_table, write_results
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
@@ -183,7 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a recipe's stages (finished, unchanged stages are skipped)")
     p.add_argument("recipe", help="recipe YAML file")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--only", help="rerun this one stage (the earlier ones must be done)")
+    p.add_argument(
+        "--only",
+        metavar="STAGE",
+        help=f"rerun this one stage (the earlier ones must be done): {', '.join(STAGES)}",
+    )
     p.add_argument(
         "--set",
         action="append",

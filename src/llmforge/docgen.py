@@ -1,6 +1,6 @@
 """Generate the reference pages of the docs from the code, so they cannot drift from it.
 
-* docs/reference/recipe.md from the stage config dataclasses (`llmforge.config.field_docs`)
+* docs/reference/recipe.md from the stage config dataclasses (`llmforge.config.schema.field_docs`)
 * docs/reference/cli.md from the `llmforge` argument parser (`llmforge.cli.build_parser`)
 
 `python -m llmforge.docgen` rewrites both; the mkdocs hook (docs/hooks.py) does it before every build,
@@ -33,7 +33,7 @@ def _default(value: Any) -> str:
 
 
 def _table(cls: type, prefix: str) -> list[str]:
-    from llmforge.config import field_docs
+    from llmforge.config.schema import field_docs
 
     lines = ["| key | type | default | what it does |", "| --- | --- | --- | --- |"]
     for name, kind, default, help_text in field_docs(cls):
@@ -43,11 +43,11 @@ def _table(cls: type, prefix: str) -> list[str]:
 
 def recipe_reference() -> str:
     """The recipe reference: one section per stage block, one row per key."""
-    from llmforge.config import LoraConfig
+    from llmforge.config.schema import LoraConfig
     from llmforge.recipe import OPTIONAL_STAGES, STAGE_CONFIGS
 
     out = [
-        GENERATED.format(source="the config dataclasses in src/llmforge/config.py"),
+        GENERATED.format(source="the config dataclasses in src/llmforge/config/schema.py"),
         "",
         "# Recipe reference",
         "",

@@ -47,3 +47,9 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' (did you mean 'x'?)' when one candidate is close enough, else ''."""
     hits = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return f" (did you mean '{hits[0]}'?)" if hits else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a library's traceback text is not the user's to read)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

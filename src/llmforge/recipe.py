@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmforge import rundir
-from llmforge.config import (
+from llmforge.config.schema import (
     DataConfig,
     EvaluateConfig,
     FinetuneConfig,
@@ -32,10 +32,20 @@ from llmforge.config import (
     check_type,
     from_mapping,
 )
-from llmforge.context import Context
+from llmforge.config.tracking import check_recipe as check_tracking
+from llmforge.data.blocks import open_blocks
 from llmforge.errors import ConfigError, RunDirError, did_you_mean
-from llmforge.plugins import get_plugins
-from llmforge.tracking import check_recipe as check_tracking
+from llmforge.eval.harness import evaluate
+from llmforge.eval.perplexity import perplexity
+from llmforge.models.families import apply_preset, check
+from llmforge.models.loading import load_model_dir
+from llmforge.plugin.manager import get_plugins
+from llmforge.stages import STAGES
+from llmforge.stages.context import Context
+from llmforge.tools import plots
+from llmforge.tools.generate import chat as chat_reply
+from llmforge.tools.generate import generate
+from llmforge.training.distributed import distributed_state
 
 STAGE_CONFIGS = {
     "data": DataConfig,
@@ -71,8 +81,6 @@ class Recipe:
     def _prepare_model(self) -> None:
         """Fill the model's unset sizes from its preset (a plugin registry: the recipe's plugins count) and
         check arch, sizes and extra keys now, before any stage runs."""
-        from llmforge.families import apply_preset, check
-
         if self.model is not None:
             if self.model.preset is not None:
                 self.model = apply_preset(self.model, get_plugins(self.plugins))
@@ -159,8 +167,6 @@ class Recipe:
     ) -> Run:
         """Run every stage (or `only` one, or those `until` a stage) in `out`; finished, unchanged stages
         are skipped."""
-        from llmforge.stages import STAGES
-
         if only is not None and only not in STAGES:
             raise ConfigError(
                 f"--only '{only}' is not a stage{did_you_mean(only, STAGES)}. Stages: {', '.join(STAGES)}."
@@ -233,22 +239,8 @@ def merge_overrides(mapping: dict[str, Any], block: dict[str, Any], where: str) 
             mapping[key] = value
 
 
-def distributed_state() -> Any:
-    """accelerate's PartialState when launched as one of several processes (torchrun, accelerate
-    launch), else None. Creating it joins the process group, so every stage sees the world size."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    import torch
-    from accelerate import PartialState
-
-    # the same device choice as the Trainer's (use_cpu in stages/train.py), so both share one state
-    return PartialState(cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()))
-
-
 def draw_pictures(stage: str, ctx: Context) -> None:
-    """data/lengths.png once the tokenizer exists; loss.png after each training stage (llmforge.plots)."""
-    from llmforge import plots
-
+    """data/lengths.png once the tokenizer exists; loss.png after each training stage (llmforge.tools.plots)."""
     try:
         if stage == "tokenizer" and rundir.is_complete(ctx.path("data", "documents")):  # not when streaming
             path = plots.write_lengths_plot(ctx.run_dir, ctx.recipe.model.context_length)
@@ -320,8 +312,6 @@ def check_run_dir(out: Path, recipe: Recipe) -> None:
 
 
 def print_summary(console: Console, summary: list[tuple[str, str, float | None]], outputs: dict[str, Any]) -> None:
-    from llmforge.stages import STAGES
-
     table = Table(title="llmforge run", show_header=True)
     table.add_column("stage")
     table.add_column("status")
@@ -352,40 +342,44 @@ class Run:
 
     def generate(self, prompt: str, chat: bool = False, **kwargs: Any) -> str:
         """Continue `prompt`, or with `chat=True` answer it as a user message through the chat template."""
-        from llmforge.generate import chat as chat_reply
-        from llmforge.generate import generate, load
-
-        model, tok = load(self.model_dir)
+        model, tok = load_model_dir(self.model_dir)
         if chat:
             return chat_reply(model, tok, prompt, **kwargs).text
         return generate(model, tok, prompt, **kwargs)
 
     def perplexity(self, batch_size: int = 8) -> dict[str, float]:
         """Loss and perplexity of the finished model on the validation blocks."""
-        import datasets
-
-        from llmforge.generate import load
-        from llmforge.perplexity import perplexity
-
-        model, _ = load(self.model_dir)
-        blocks = datasets.load_from_disk(str(self.path / "data" / "blocks"))["validation"]
+        model, _ = load_model_dir(self.model_dir)
+        blocks = open_blocks(self.path / "data" / "blocks")["validation"]
         recipe = self.recipe()
         return perplexity(
             model,
             blocks,
             batch_size=batch_size,
             eos_id=model.config.eos_token_id,
-            document_aware=recipe.train.document_aware,
+            document_aware=recipe.train.document_aware if recipe.train is not None else True,
         )
 
     def evaluate(self, **kwargs: Any) -> dict[str, Any]:
         """Benchmarks and perplexity of the run's latest model: `llmforge.evaluate(run_dir, **kwargs)`."""
-        from llmforge.evaluate import evaluate
-
         return evaluate(self.path, **kwargs)
 
     def metrics(self) -> list[dict[str, Any]]:
-        import json
-
         path = self.path / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def finetune(
+    base: str | Path, config: FinetuneConfig | dict[str, Any] | None, out: str | Path, console: Console | None = None
+) -> Run:
+    """Fine-tune any local HF causal-LM dir: `llmforge.finetune("gpt2-dir", FinetuneConfig(...), "runs/ft")`.
+
+    `config` is a FinetuneConfig or a mapping of its keys (as in a recipe's finetune block); the result
+    is a `Run` whose `model_dir` is `out/finetune/final`. The same as a recipe with only a finetune block."""
+    if config is None or isinstance(config, dict):
+        config = from_mapping(FinetuneConfig, config or {}, "finetune")
+    if not isinstance(config, FinetuneConfig):
+        raise ConfigError(f"config must be a FinetuneConfig or a mapping, got {type(config).__name__}.")
+    config = dataclasses.replace(config, base=str(Path(base).expanduser()))
+    recipe = Recipe(name="finetune", data=None, tokenizer=None, model=None, train=None, finetune=config)
+    return recipe.run(out, console=console)

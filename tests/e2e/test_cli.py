@@ -43,7 +43,7 @@ def test_run_then_generate_then_rerun(tmp_path, corpus_file):
 
     again = llmforge("run", str(recipe), "--out", str(out), "--set", "train.max_steps=4")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("up to date") == 4
+    assert again.stdout.count("up to date") == 5
 
 
 def test_plugins_lists_the_builtin_sources():

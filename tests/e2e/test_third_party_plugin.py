@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -59,3 +60,18 @@ def test_installed_plugin_is_listed_and_used_by_a_recipe(installed_plugin, tmp_p
     assert not any("licence" in t.lower() or "PROJECT GUTENBERG" in t for t in texts)
     assert any("Bennet" in t for t in texts)
     assert min(len(t) for t in texts) >= 20
+
+    # The third-party source gets the same rerun-on-change guarantee as the built-in ones: editing its
+    # input file reruns the data stage (and everything after it); an untouched rerun reruns nothing.
+    again = llmforge("run", str(path), "--out", str(tmp_path / "run"))
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"│ data\s+│ up to date", again.stdout)
+    marker = "\n\n*** END OF THE PROJECT GUTENBERG EBOOK"  # the plugin keeps only the text before it
+    book.write_text(
+        book.read_text().replace(marker, "\n\nA new paragraph about Mr Darcy, long enough to be a document." + marker)
+    )
+    edited = llmforge("run", str(path), "--out", str(tmp_path / "run"), "--only", "data")
+    assert edited.returncode == 0, edited.stderr
+    assert re.search(r"│ data\s+│ ran", edited.stdout)
+    docs = datasets.load_from_disk(str(tmp_path / "run" / "data" / "documents"))
+    assert any("Mr Darcy, long enough" in t for t in list(docs["train"]["text"]) + list(docs["validation"]["text"]))

@@ -73,8 +73,8 @@ def test_two_ranks_read_distinct_rows_of_the_stream(tmp_path, corpus_text):
     # the blocks each rank trained, rebuilt from the stream: no document in both
     from transformers import AutoTokenizer
 
-    from llmforge.config import DataConfig
-    from llmforge.streaming import IterableStream, StreamingBlocks
+    from llmforge.config.schema import DataConfig
+    from llmforge.data.streaming import IterableStream, StreamingBlocks
     from llmforge_sources import load_hub
 
     cfg = yaml.safe_load(recipe.read_text())["data"]

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmforge import hookimpl
-from llmforge.evaluate import Benchmark
+from llmforge import Benchmark, hookimpl
 
 TASKS = Path(__file__).parent / "tasks"
 

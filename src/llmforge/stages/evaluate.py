@@ -1,9 +1,11 @@
-"""Evaluate stage: lm-eval benchmarks and validation perplexity of the run's finished model.
+"""Evaluate stage: lm-eval benchmarks and perplexity of the run's finished model.
 
 Scores the model the earlier stage left in memory (no reload), or loads it once when that stage was
-up to date. Writes `eval/results.json` (lm-eval's full output, perplexity, the table) and
-`eval/results.md` (the table), with the generated lm-eval task folders in `eval/tasks/` so that plain
-`lm_eval --include_path eval/tasks` reproduces the scores.
+up to date. Perplexity is measured on the blocks stage's validation blocks when the recipe pretrains,
+else on the fine-tune validation examples (their loss-carrying tokens), and labelled by which. Writes
+`eval/results.json` (lm-eval's full output, perplexity, the table) and `eval/results.md`, with the
+generated lm-eval task folders in `eval/tasks/` so that plain `lm_eval --include_path eval/tasks`
+reproduces the scores.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import importlib.metadata as md
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from llmforge import rundir
-from llmforge.config import EvaluateConfig
-from llmforge.context import Context
+from llmforge.config.schema import EvaluateConfig
 from llmforge.errors import ConfigError
-from llmforge.evaluate import evaluate, markdown, rich_table
-from llmforge.stages import data
+from llmforge.eval.harness import evaluate, markdown, rich_table
+from llmforge.models.loading import load_model_dir
+from llmforge.stages.context import Context
 
 ARTEFACT = "eval"
+MODEL_STAGES = ("train", "finetune")
 
 
 def enabled(recipe: Any) -> bool:
@@ -47,7 +52,13 @@ def fingerprint(ctx: Context) -> str:
     }
     versions = {info.name: info.version for info in ctx.plugins.infos if info.name in plugins.values()}
     return rundir.fingerprint(
-        "evaluate", vars(cfg), ctx.fingerprints[stage], rundir.file_stats(local), md.version("lm_eval"), versions
+        "evaluate",
+        vars(cfg),
+        ctx.fingerprints[stage],
+        ctx.fingerprints.get("blocks"),
+        rundir.file_stats(local),
+        md.version("lm_eval"),
+        versions,
     )
 
 
@@ -56,7 +67,14 @@ def run(ctx: Context) -> dict[str, Any]:
     stage = model_stage(ctx)
     model_dir = ctx.path(stage, "final")
     model, tok = in_memory(ctx, stage)
-    blocks = data.blocks(ctx)["validation"] if cfg.perplexity else None
+    blocks = examples = None
+    document_aware = ctx.outputs[stage].get("document_aware", True)
+    if cfg.perplexity and "blocks" in ctx.outputs:  # the pretraining text, prepared exactly as training's
+        blocks = ctx.blocks()["validation"]
+        document_aware = ctx.outputs.get("train", {}).get("document_aware", True)
+    elif cfg.perplexity and "finetune" in ctx.outputs:  # fine-tune only: the held-out examples
+        path = ctx.outputs["finetune"].get("examples") or ctx.path("finetune", "data")  # older runs did not say
+        examples = datasets.load_from_disk(str(path))["validation"]
     info: dict[str, Any] = {}  # filled below; the manifest is written when the block ends
     with rundir.atomic_dir(ctx.path(ARTEFACT), ctx.fingerprints["evaluate"], info) as tmp:
         results = evaluate(
@@ -69,7 +87,8 @@ def run(ctx: Context) -> dict[str, Any]:
             tokenizer=tok,
             perplexity=cfg.perplexity,
             blocks=blocks,
-            document_aware=ctx.recipe.train.document_aware,
+            examples=examples,
+            document_aware=document_aware,
             workdir=tmp / "tasks",
             plugins=ctx.plugins,
             console=ctx.console,
@@ -86,11 +105,15 @@ def run(ctx: Context) -> dict[str, Any]:
 def model_stage(ctx: Context) -> str:
     """The stage whose model `evaluate.model` names: latest is finetune when the recipe has it."""
     choice = ctx.recipe.evaluate.model
-    has_finetune = "finetune" in ctx.fingerprints
-    if choice == "finetune" and not has_finetune:
-        raise ConfigError("evaluate.model is 'finetune' but the recipe has no finetune stage. Use latest or train.")
+    trained = [stage for stage in MODEL_STAGES if stage in ctx.fingerprints]
+    if not trained:
+        raise ConfigError("The recipe has an evaluate block but no train or finetune stage to make a model.")
     if choice == "latest":
-        return "finetune" if has_finetune else "train"
+        return trained[-1]
+    if choice not in trained:
+        raise ConfigError(
+            f"evaluate.model is '{choice}' but the recipe has no {choice} stage. Use latest or {' or '.join(trained)}."
+        )
     return choice
 
 
@@ -99,11 +122,9 @@ def in_memory(ctx: Context, stage: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoTokenizer
 
-    from llmforge.generate import load
-
     model_dir = ctx.path(stage, "final")
     model = ctx.cache.get("models", {}).get(stage)
     if model is None:
-        model, tok = load(model_dir)
+        model, tok = load_model_dir(model_dir)
         return (model.to("cuda") if torch.cuda.is_available() else model), tok
     return model, AutoTokenizer.from_pretrained(str(model_dir))

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from llmforge import rundir
+from llmforge.data.arrowio import column_batches
+from llmforge.data.packer import Packer, block_writer, encode_joined
 from llmforge.errors import ConfigError, DataError
 
 MANIFEST = "store.json"
@@ -101,9 +103,6 @@ def _pack_shard(job: tuple) -> dict:
     import datasets
     from tokenizers import Tokenizer
 
-    from llmforge.arrowio import column_batches
-    from llmforge.packer import Packer, block_writer, encode_joined
-
     split_dir, split, start, stop, name, tok_file, T, out = job
     tok = Tokenizer.from_file(tok_file)
     config = json.loads(Path(tok_file).with_name("tokenizer_config.json").read_text())
@@ -171,10 +170,12 @@ def read_manifest(store: str | Path) -> dict:
         raise DataError(f"The manifest {path} is not valid JSON ({exc}): rebuild the store.") from exc
 
 
-def open_store(store: str | Path, context_length: int) -> tuple[Any, dict]:
-    """The store's blocks as a DatasetDict (memory-mapped), after checking every shard against the manifest."""
+def open_token_store(config: Any, context_length: int) -> tuple[Any, dict]:
+    """The token_store source's blocks: a DatasetDict (memory-mapped) of every split, each shard checked
+    against the manifest, and the counts (documents, blocks per split; the tokenizer the blocks need)."""
     import datasets
 
+    store = config.path
     if not store:
         raise ConfigError("data.source token_store needs data.path: the store directory `llmforge prepare` wrote.")
     store = Path(store)
@@ -202,34 +203,11 @@ def open_store(store: str | Path, context_length: int) -> tuple[Any, dict]:
             )
         splits.setdefault(shard["split"], []).append(ds)
     dd = datasets.DatasetDict({k: datasets.concatenate_datasets(v) for k, v in splits.items()})
-    return dd, info
+    stats = {**info, "tokenizer": str((store / "tokenizer").resolve()), "token_store": str(store)}
+    return dd, stats
 
 
-def fingerprint(store: str | Path | None) -> Any:
-    path = Path(store or "") / MANIFEST
-    return path.read_text() if path.is_file() else str(store)
-
-
-def check_recipe(ctx: Any) -> dict:
-    """The data stage for `source: token_store`: check the store and the recipe's tokenizer against it."""
-    cfg = ctx.recipe.data
-    _, info = open_store(cfg.path, ctx.recipe.model.context_length)
-    tok = ctx.recipe.tokenizer
-    expected = (Path(cfg.path) / "tokenizer").resolve()
-    if tok is None or tok.train or not tok.path or Path(tok.path).expanduser().resolve() != expected:
-        raise ConfigError(
-            f"A token store fixes the tokenizer its blocks were made with: set tokenizer: {{train: false, path: "
-            f"{expected}}}."
-        )
-    out = {
-        split: {"documents": info[split]["documents"], "blocks": info[split]["blocks"]}
-        for split in ("train", "validation")
-    }
-    out["token_store"] = str(cfg.path)
-    with rundir.atomic_dir(ctx.path("data", "documents"), ctx.fingerprints["data"], out):
-        pass  # nothing to copy: the store is the data
-    ctx.console.print(
-        f"  token store {cfg.path}: {info['train']['blocks']:,} train and {info['validation']['blocks']:,} validation "
-        f"blocks of {info['context_length']} tokens"
-    )
-    return out
+def token_store_inputs(config: Any) -> list[Path]:
+    """What a rerun compares: the store's manifest (written last, it names every shard's size)."""
+    path = Path(config.path or "") / MANIFEST
+    return [path] if path.is_file() else []

@@ -20,9 +20,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from llmforge import rundir
+from llmforge.config.schema import TrainConfig
+from llmforge.data.blocks import open_blocks
 from llmforge.errors import ConfigError
+from llmforge.models.build import CHINCHILLA_TOKENS_PER_PARAM, build_model
+from llmforge.tools.plots import read_metrics
+from llmforge.training.arguments import planned_steps
 
-CHINCHILLA_TOKENS_PER_PARAM = 20
 # GPT-2-shaped sizes to suggest from (n_layer, n_embd, n_head): the tiny example up to GPT-2 XL.
 SHAPES = [
     (2, 128, 4),
@@ -63,25 +68,16 @@ def data_report(
 
 
 def _report(recipe, out, console, budget_flops, budget_hours, flops_per_second, processes, tmp) -> dict[str, Any]:
-    from llmforge.context import Context
-    from llmforge.plugins import get_plugins
-    from llmforge.stages import STAGES, data, train
-
     started = time.perf_counter()
-    recipe.run(out, console=console, until="tokenizer")
-    ctx = Context(out, recipe, get_plugins(recipe.plugins), console)
-    for name in ("data", "tokenizer"):
-        ctx.fingerprints[name] = STAGES[name].fingerprint(ctx)
-    blocks = data.blocks(ctx)  # the same cached blocks the train stage reads
-    stats = data.block_stats(ctx)
+    recipe.run(out, console=console, until="blocks")  # the same blocks the train stage reads
+    blocks = open_blocks(out / "data" / "blocks")
+    stats = rundir.read_manifest(out / "data" / "blocks")["info"]
     docs = _read_json(out / "data" / "stats.json")["documents"]
     params = count_parameters(recipe, out)
     T = recipe.model.context_length
-    cfg = recipe.train or train.TrainConfig()
-    per_epoch = train.planned_steps(
-        dataclasses.replace(cfg, max_steps=None, epochs=1.0), len(blocks["train"]), processes
-    )
-    planned = train.planned_steps(cfg, len(blocks["train"]), processes)
+    cfg = recipe.train or TrainConfig()
+    per_epoch = planned_steps(dataclasses.replace(cfg, max_steps=None, epochs=1.0), len(blocks["train"]), processes)
+    planned = planned_steps(cfg, len(blocks["train"]), processes)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * T * processes
     train_tokens = stats["train"]["tokens"]
     report: dict[str, Any] = {
@@ -120,15 +116,13 @@ def count_parameters(recipe: Any, out: Path) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from llmforge.stages import model as model_stage
-
     tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
     with torch.device("meta"):
         if recipe.model.from_pretrained:
             config = AutoConfig.from_pretrained(recipe.model.from_pretrained)
             model = AutoModelForCausalLM.from_config(config)
         else:
-            model = model_stage.build_model(recipe.model, tok, seed=0)
+            model = build_model(recipe.model, tok, seed=0)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -178,8 +172,6 @@ def gpt2_parameters(n_layer: int, n_embd: int, vocab: int, context_length: int) 
 def measure_throughput(recipe: Any, out: Path, report: dict[str, Any], console: Console) -> tuple[float, str]:
     """Training FLOP/s (6 N per token) of the recipe's model on this machine: from this run dir's own
     training log if it has one, else timed over a few optimizer steps of one micro-batch now."""
-    from llmforge.plots import read_metrics
-
     speeds = [
         r["tokens_per_second"] for r in read_metrics(out) if r.get("stage") == "train" and r.get("tokens_per_second")
     ]
@@ -189,12 +181,10 @@ def measure_throughput(recipe: Any, out: Path, report: dict[str, Any], console: 
     import torch
     from transformers import AutoTokenizer
 
-    from llmforge.stages import model as model_stage
-
     tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    model = model_stage.build_model(recipe.model, tok, seed=0).to(device)
+    model = build_model(recipe.model, tok, seed=0).to(device)
     model.train()
     batch = recipe.train.batch_size if recipe.train else 8
     if not cuda:

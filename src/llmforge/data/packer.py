@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from llmforge.arrowio import column_writer
+from llmforge.data.arrowio import column_writer
 
 
 def encode_joined(backend: Any, texts: list[str], eos: int) -> np.ndarray:

@@ -8,11 +8,14 @@ peft's `trainable_token_indices`, so the new tokens are learnt while the old row
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from llmforge.config import LoraConfig
+from llmforge.config.schema import LoraConfig
 from llmforge.errors import ConfigError
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -154,3 +157,12 @@ def load_adapter_model(path: Any, tokenizer: Any) -> torch.nn.Module:
     if (Path(path) / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(str(path))
     return model
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft warns at every save that it stores the resized embedding; that is what we want, said once here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*save_embedding_layers.*")
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield

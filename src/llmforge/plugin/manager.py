@@ -14,8 +14,9 @@ from typing import Any
 
 import pluggy
 
-from llmforge import hookspecs
 from llmforge.errors import PluginError, closest
+from llmforge.plugin import hookspecs
+from llmforge.plugin.types import DataSource
 
 ENTRY_POINT_GROUP = "llmforge"
 KINDS = {
@@ -113,7 +114,7 @@ class Plugins:
             self.pm.unregister(name=name)
             raise PluginError(
                 f"Plugin '{name}' (package {package}) implements an unknown hook: {exc}. "
-                "Check the function names against llmforge.hookspecs."
+                "Check the function names against llmforge.plugin.hookspecs."
             ) from exc
         self.infos.append(PluginInfo(name, target, package, version))
 
@@ -152,8 +153,18 @@ class Plugins:
                 ) from exc
         return results
 
-    def data_source(self, name: str) -> Any:
-        return self.registries["data_source"].get(name)
+    def data_source(self, name: str) -> DataSource:
+        """The data source `name`; a plugin that registered a plain function registered its `load`."""
+        registry = self.registries["data_source"]
+        source = registry.get(name)
+        if isinstance(source, DataSource):
+            return source
+        if callable(source):
+            return DataSource(load=source)
+        raise PluginError(
+            f"Plugin '{registry.owner(name)}' registered data source '{name}' as a {type(source).__name__}, not a "
+            "function or a llmforge.DataSource."
+        )
 
 
 _DEFAULT: dict[tuple[str, ...], Plugins] = {}

@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
+import yaml
+
 from llmforge import rundir
-from llmforge.callbacks import complete_checkpoints
 from llmforge.errors import RunDirError
-from llmforge.plots import read_metrics
+from llmforge.eval.perplexity import perplexity
+from llmforge.models.loading import load_model_dir
+from llmforge.tools.generate import chat as chat_reply
+from llmforge.tools.generate import generate
+from llmforge.tools.plots import read_metrics
+from llmforge.training.checkpoints import complete_checkpoints
 
 
 @dataclass
@@ -60,9 +67,6 @@ def compare(
     """Fill each snapshot's validation loss and one sample per prompt (the same seed for every model, so
     the differences come from the weights). With `chat`, models with a chat template answer the prompt
     as a user turn; the others (pretraining checkpoints) continue it."""
-    from llmforge.generate import chat as chat_reply
-    from llmforge.generate import generate, load
-
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     result = snapshots(run_dir)
@@ -75,7 +79,7 @@ def compare(
             ]
             if logged:
                 snap.val_loss, snap.val_source = logged[-1], "logged"
-        model, tok = load(snap.path)
+        model, tok = load_model_dir(snap.path)
         _stop_like_final(model, run_dir / snap.stage / "final")
         if snap.val_loss is None and score_missing and snap.stage == "train":
             snap.val_loss, snap.val_source = _score(run_dir, model), "computed"
@@ -103,11 +107,6 @@ def _stop_like_final(model: Any, final: Path) -> None:
 
 
 def _score(run_dir: Path, model: Any) -> float | None:
-    import datasets
-    import yaml
-
-    from llmforge.perplexity import perplexity
-
     blocks = run_dir / "data" / "blocks"
     if not rundir.is_complete(blocks):
         return None

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from llmforge import arrowio, rundir
+from llmforge import rundir
+from llmforge.data import arrowio
 from llmforge.errors import RunDirError
 
 TRAINING_STAGES = ("train", "finetune")

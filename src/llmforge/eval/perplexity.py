@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from llmforge.packing import PackedCollator
+from llmforge.data.batches import ExampleCollator, PackedCollator
 
 
 @torch.no_grad()
@@ -27,5 +27,29 @@ def perplexity(
         )
         total += loss.item()
         count += batch["labels"][:, 1:].numel()
+    mean = total / max(count, 1)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "tokens": count}
+
+
+@torch.no_grad()
+def example_perplexity(
+    model: Any, examples: Any, pad_id: int, fill_id: int | None = None, batch_size: int = 8, document_aware: bool = True
+) -> dict[str, float]:
+    """Mean next-token loss over the loss-carrying tokens of fine-tuning rows (what fine-tuning trains
+    and validates on: the mask's tokens, not the prompt), and its exponential."""
+    model.eval()
+    collate = ExampleCollator(pad_id, document_aware, fill_id=fill_id)
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        rows = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
+        batch = {k: v.to(model.device) for k, v in collate(rows).items()}
+        labels = batch.pop("labels")
+        logits = model(**batch, use_cache=False).logits
+        targets = labels[:, 1:].reshape(-1)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)).float(), targets, ignore_index=-100, reduction="sum"
+        )
+        total += loss.item()
+        count += int((targets != -100).sum())
     mean = total / max(count, 1)
     return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "tokens": count}

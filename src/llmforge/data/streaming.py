@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from llmforge.arrowio import column_batches
+from llmforge.data.arrowio import column_batches
+from llmforge.data.packer import Packer, encode_joined
 from llmforge.errors import DataError, RunDirError, TrainingError
-from llmforge.packer import Packer, encode_joined
 
 DOC_BATCH = 256  # documents tokenized at once; a resume re-reads at most one such batch
 STATE_FILE = "stream_state.json"
@@ -47,7 +47,7 @@ class DocumentStream(Protocol):
 
 class RowStream:
     """A map-style `datasets.Dataset` (memory-mapped Arrow): the position is a row index, seeking is free;
-    read with bounded memory (llmforge.arrowio.column_batches)."""
+    read with bounded memory (llmforge.data.arrowio.column_batches)."""
 
     def __init__(self, ds: Any, column: str) -> None:
         self.ds, self.column = ds, column

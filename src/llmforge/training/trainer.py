@@ -4,7 +4,7 @@
   with a clear message (`on_nan: stop`), or the batch is skipped up to `max_skipped_batches` times
   (`on_nan: skip_batch`). Transformers' default would average the NaN away in the logs and train on.
 * With `fused_loss`, the training loss is computed in chunks without materialising the logits
-  (llmforge.loss); evaluation keeps the model's own loss, so both paths are checked against each other.
+  (llmforge.training.loss); evaluation keeps the model's own loss, so both paths are checked against each other.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel, Trainer
 
 from llmforge.errors import TrainingError
-from llmforge.loss import linear_cross_entropy_sum
+from llmforge.training.loss import linear_cross_entropy_sum
 
 NAN_ADVICE = (
     "Lower the learning rate (lr) or raise warmup, check the data for corrupted documents, "
@@ -84,7 +84,7 @@ def fused_loss_supported(model: Any) -> bool:
 
 
 def chunked_causal_lm_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any) -> torch.Tensor:
-    """The model's next-token loss without materialising the logits (llmforge.loss)."""
+    """The model's next-token loss without materialising the logits (llmforge.training.loss)."""
     labels = inputs["labels"]
     body = {k: v for k, v in inputs.items() if k != "labels"}
     hidden = model.base_model(**body, use_cache=False).last_hidden_state

@@ -25,19 +25,24 @@ Register = Callable[[str, Any], None]
 
 @hookspec
 def register_data_sources(register: Register) -> None:
-    """Register data sources: `register("name", load)`.
+    """Register data sources: `register("name", DataSource(load, inputs=...))` or `register("name", load)`.
 
-    `load(config: llmforge.config.DataConfig) -> datasets.Dataset | datasets.IterableDataset` returns
+    `from llmforge import DataSource`. `inputs(config) -> list[Path]` names the local files a load reads:
+    the core fingerprints them, so editing one reruns the data (or finetune) stage. Without it the core
+    fingerprints every file under `config.path` and `config.data_files` (files, folders, globs), so a plain
+    `load` function gets the same rerun-on-change guarantee for local files.
+
+    `load(config: llmforge.DataConfig) -> datasets.Dataset | datasets.IterableDataset` returns
     one row per document with the document's text in the column named by `config.text_column`; when
     `config.text_column` is None (the finetune stage asks so), every column of each row instead.
     Raise `llmforge.DataError` naming the file/row and the fix for input it cannot read.
 
     A `load` that accepts a `cache_dir` keyword gets a directory inside the run dir for on-disk copies
-    (`llmforge.arrowio.write_texts` writes one with bounded memory). For streaming (`data.streaming:
+    (`llmforge.write_texts` writes one with bounded memory). For streaming (`data.streaming:
     true`) a source may instead return an object with `stream_batches(start, batch_size, first_row,
     max_rows)` yielding `(texts, position)`,
     where `position` is JSON-serialisable and `start=position` resumes right after it
-    (llmforge.streaming.DocumentStream; the Deep Lake plugin is an example).
+    (llmforge.data.streaming.DocumentStream; the Deep Lake plugin is an example).
     """
 
 
@@ -45,7 +50,7 @@ def register_data_sources(register: Register) -> None:
 def register_chat_templates(register: Register) -> None:
     """Register chat templates: `register("name", ChatTemplate(template, special_tokens, end_of_turn))`.
 
-    `from llmforge.conversations import ChatTemplate`. `template` is Jinja text (or a function of the
+    `from llmforge.chat.conversations import ChatTemplate`. `template` is Jinja text (or a function of the
     tokenizer returning it; None keeps the tokenizer's own), rendered by transformers'
     `apply_chat_template` and saved with the tokenizer. It must append one message at a time (turns
     are located by rendering prefixes) and should mark assistant text with `{% generation %}`.
@@ -58,7 +63,7 @@ def register_chat_templates(register: Register) -> None:
 def register_formats(register: Register) -> None:
     """Register row formats: `register("name", Format(fields, to_messages, optional))`.
 
-    `from llmforge.conversations import Format, FormatMismatch`. `fields` are the row fields that
+    `from llmforge.chat.conversations import Format, FormatMismatch`. `fields` are the row fields that
     must be present (the core names a missing one with the row number); `to_messages(row)` returns
     `[{"role", "content"}, ...]` with roles mapped to system/user/assistant (others pass through and
     are counted as unknown). Raise `FormatMismatch("what is wrong")` for a row of another shape.
@@ -69,7 +74,7 @@ def register_formats(register: Register) -> None:
 def register_loss_masks(register: Register) -> None:
     """Register loss masks: `register("name", LossMask(select, covers_everything=False))`.
 
-    `from llmforge.conversations import LossMask, MaskError, Rendered`. `select(rendered)` returns the
+    `from llmforge.chat.conversations import LossMask, MaskError, Rendered`. `select(rendered)` returns the
     character spans of `rendered.text` to train on; `rendered.turns` says where each turn and each
     assistant's own text (after the generation prompt, through its end-of-turn token) lie. The core
     maps spans to tokens by offsets and refuses a mask that selects no token, or every token unless
@@ -79,7 +84,7 @@ def register_loss_masks(register: Register) -> None:
 
 @hookspec
 def register_benchmarks(register: Register) -> None:
-    """Register benchmarks: `register("name", Benchmark(...))` (`from llmforge.evaluate import Benchmark`).
+    """Register benchmarks: `register("name", Benchmark(...))` (`from llmforge.eval.harness import Benchmark`).
 
     A `Benchmark` names lm-eval tasks or groups (`tasks`), the rows they add to the results table
     (`rows`: `(label, task, metric)`, e.g. `("MMLU STEM", "mmlu_stem", "acc")`), and optionally a folder
@@ -94,7 +99,7 @@ def register_benchmarks(register: Register) -> None:
 def register_model_presets(register: Register) -> None:
     """Register model size presets: `register("name", ModelPreset(arch, n_layer, n_embd, n_head, context_length))`.
 
-    `from llmforge.families import ModelPreset`; optional fields: `n_kv_head` (grouped-query attention),
+    `from llmforge.models.families import ModelPreset`; optional fields: `n_kv_head` (grouped-query attention),
     `extra` (further keys of the family's transformers config, e.g. `{"intermediate_size": 2432}`) and
     `description` (one line, shown in docs and errors). A recipe's `model.preset: name` fills `arch`,
     `n_layer`, `n_embd`, `n_head`, `n_kv_head` and `context_length` from the preset; a key the recipe

@@ -15,21 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from llmforge import rundir
+from llmforge.data.streaming import gather_states, save_states
 from llmforge.errors import TrainingError
-from llmforge.plugins import Plugins
-from llmforge.trainer import NAN_ADVICE
-
-
-def checkpoints(directory: Path) -> list[Path]:
-    """Checkpoint dirs in step order (complete or not)."""
-    if not directory.is_dir():
-        return []
-    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
-
-
-def complete_checkpoints(directory: Path, compat: str | None = None) -> list[Path]:
-    return [p for p in checkpoints(directory) if rundir.is_complete(p, compat)]
+from llmforge.plugin.manager import Plugins
+from llmforge.training.checkpoints import complete_checkpoints
+from llmforge.training.trainer import NAN_ADVICE
 
 
 def truncate_metrics(path: Path, stage: str, after_step: int) -> None:
@@ -173,8 +163,6 @@ class LlmforgeCallback(TrainerCallback):
     # checkpoints ---------------------------------------------------------------------------------
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         """Trainer has written checkpoint-N: add the stream position, mark it complete, rotate old ones."""
-        from llmforge.streaming import gather_states, save_states
-
         states = gather_states(self.stream) if self.stream is not None else None  # every rank takes part
         if not state.is_world_process_zero:
             return

@@ -23,11 +23,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from llmforge.config import MODEL_DEFAULTS, ModelConfig
+from llmforge.config.schema import MODEL_DEFAULTS, ModelConfig
 from llmforge.errors import ConfigError, PluginError, closest, did_you_mean
+from llmforge.plugin.types import ModelPreset
 
 
 @dataclass(frozen=True)
@@ -248,20 +249,6 @@ def _check_rotary(cls: type, keys: dict[str, Any], cfg: ModelConfig) -> None:
 # --- presets ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class ModelPreset:
-    """A named model shape: what `model.preset: NAME` fills in (see hookspecs.register_model_presets)."""
-
-    arch: str
-    n_layer: int
-    n_embd: int
-    n_head: int
-    context_length: int
-    n_kv_head: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
-
-
 PRESET_KEYS = ("arch", "n_layer", "n_embd", "n_head", "n_kv_head", "context_length")
 
 
@@ -286,7 +273,7 @@ def apply_preset(cfg: ModelConfig, plugins: Any) -> ModelConfig:
         owner = plugins.registries["model_preset"].owner(cfg.preset)
         raise PluginError(
             f"Plugin '{owner}' registered model preset '{cfg.preset}' as a {type(preset).__name__}, "
-            "not a llmforge.families.ModelPreset."
+            "not a llmforge.models.families.ModelPreset."
         )
     if cfg.from_pretrained:
         raise ConfigError(

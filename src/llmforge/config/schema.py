@@ -107,7 +107,7 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.preset is None:  # with a preset, llmforge.families.apply_preset fills what is left unset
+        if self.preset is None:  # with a preset, llmforge.models.families.apply_preset fills what is left unset
             for key, value in MODEL_DEFAULTS.items():
                 if getattr(self, key) is None:
                     setattr(self, key, value)
@@ -147,8 +147,8 @@ class TrainConfig:
     fused_loss: bool = _f(
         False,
         "Compute the loss in chunks without materialising the logits (families in "
-        "llmforge.trainer.FUSED_LOSS_FAMILIES). Saves memory; measured slower than the model's own loss on a CPU "
-        "(docs/performance.md), so off by default.",
+        "llmforge.training.trainer.FUSED_LOSS_FAMILIES). Saves memory; measured slower than the model's own loss on a "
+        "CPU (docs/performance.md), so off by default.",
     )
     report_to: list[str] = _f(["none"], "Trainer integrations: tensorboard, wandb, mlflow or none.")
     on_nan: Literal["stop", "skip_batch"] = _f(

@@ -7,35 +7,11 @@ saved chat template with a generation prompt and stops at the model's end-of-tur
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmforge.errors import ConfigError
-
-
-def load(model_dir: str | Path) -> tuple[Any, Any]:
-    """A model dir (or a LoRA adapter dir, loaded onto its base) and its tokenizer, in eval mode."""
-    from llmforge.lora import is_adapter_dir, load_adapter_model
-
-    path = Path(model_dir)
-    adapter = is_adapter_dir(path)
-    if not (path / "config.json").is_file() and not adapter:
-        raise ConfigError(f"'{path}' is not a model directory (no config.json). Pass a run's train/final dir.")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-        model = load_adapter_model(path, tok) if adapter else AutoModelForCausalLM.from_pretrained(str(path))
-    except (OSError, ValueError, SafetensorError) as exc:  # missing, malformed or truncated files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(
-            f"Cannot load the model in '{path}': {first}. "
-            "The directory is incomplete or damaged: save or copy it again."
-        ) from exc
-    model.eval()
-    return model, tok
 
 
 @torch.no_grad()

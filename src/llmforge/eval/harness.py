@@ -5,7 +5,7 @@ to run (lm-eval's own on the hub, or the same task definitions over local files)
 lm-eval's `simple_evaluate` on an `HFLM` around the model, and adds perplexity on the run's validation
 blocks (prepared exactly like the training data) and on a text file. llmforge scores nothing itself.
 
-A benchmark plugin registers a `Benchmark` (see `llmforge.hookspecs.register_benchmarks`).
+A benchmark plugin registers a `Benchmark` (see `llmforge.plugin.hookspecs.register_benchmarks`).
 """
 
 from __future__ import annotations
@@ -18,52 +18,17 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llmforge import rundir
-from llmforge.errors import ConfigError, DataError, LlmforgeError, RunDirError
-
-Row = tuple[str, str, str]  # (label in the table, lm-eval task or group, metric such as "acc")
-
-
-# --- what a benchmark plugin registers --------------------------------------------------------------
-
-
-@dataclass
-class TaskSet:
-    """The lm-eval tasks one benchmark resolved to, and the task folders lm-eval must index for them."""
-
-    tasks: list[str]
-    include_paths: list[Path] = field(default_factory=list)
-    builtin: bool = True  # also index all of lm-eval's built-in tasks (slow: ~15k entries)
-    source: str = "lm-eval"  # where the data comes from, for the user
-
-
-@dataclass
-class Benchmark:
-    """A named benchmark: lm-eval tasks, the rows they add to the results table, and their YAML folder.
-
-    `tasks` are lm-eval task or group names; `rows` are `(label, task, metric)` triples picked out of
-    lm-eval's results for the compact table (all of a task's metrics when empty); `include_path` is a
-    folder of lm-eval task YAMLs that the plugin ships (None for lm-eval's built-in tasks); `builtin`
-    says whether lm-eval's built-in tasks must be indexed too (False only for self-contained folders).
-    Override `resolve` to choose the tasks at run time, e.g. local files instead of the hub.
-    """
-
-    tasks: list[str]
-    rows: list[Row] = field(default_factory=list)
-    include_path: str | Path | None = None
-    builtin: bool = True
-    data_help: str = ""  # what files to put where when the data cannot be found
-
-    def resolve(self, data_dir: Path | None, workdir: Path) -> TaskSet:
-        """The tasks to run; `data_dir` is the user's local benchmark folder, `workdir` a scratch folder."""
-        paths = [Path(self.include_path)] if self.include_path else []
-        return TaskSet(list(self.tasks), paths, self.builtin, "plugin task folder" if paths else "lm-eval")
+from llmforge.errors import ConfigError, DataError, LlmforgeError, RunDirError, first_line
+from llmforge.eval.perplexity import example_perplexity, perplexity
+from llmforge.models.loading import load_model_dir, max_positions
+from llmforge.plugin.manager import get_plugins
+from llmforge.plugin.types import Benchmark, TaskSet
 
 
 def hub_offline() -> bool:
@@ -96,6 +61,7 @@ def evaluate(
     tokenizer: Any = None,
     perplexity: bool = True,
     blocks: Any = None,
+    examples: Any = None,
     document_aware: bool = True,
     workdir: str | Path | None = None,
     plugins: Any = None,
@@ -107,15 +73,15 @@ def evaluate(
     train/final), or a model object (then pass `tokenizer`). `tasks` are benchmark plugin names.
     `data_dir` holds local benchmark files (`DATA_DIR/mmlu/...`, `DATA_DIR/hellaswag/...`).
     Perplexity is computed on `blocks` (packed validation blocks), or on the run's validation blocks
-    when the model dir belongs to an llmforge run, and on the text file `text` when given.
+    when the model dir belongs to an llmforge run, on `examples` (fine-tuning validation rows: the loss
+    on their loss-carrying tokens, labelled "finetune validation perplexity"), and on the text file
+    `text` when given.
     `workdir` keeps the generated lm-eval task folders (a temporary folder when None).
 
     The result holds `table` (label -> value: MMLU and its categories, HellaSwag acc/acc_norm,
     perplexities), `perplexity`, `benchmarks` (where each one's data came from) and `lm_eval`
     (lm-eval's full output).
     """
-    from llmforge.plugins import get_plugins
-
     _check_args(limit, num_fewshot, batch_size)
     if text is not None and not Path(text).is_file():
         raise DataError(f"Text file '{text}' does not exist.")
@@ -126,7 +92,7 @@ def evaluate(
     if blocks is None and perplexity and run_dir is not None:
         blocks, document_aware = _run_validation(run_dir)
     label = str(model_or_dir) if model_dir is not None else getattr(model_or_dir, "name_or_path", "") or "model"
-    if not benchmarks and text is None and not (perplexity and blocks is not None):
+    if not benchmarks and text is None and not (perplexity and (blocks is not None or examples is not None)):
         raise ConfigError(
             f"Nothing to evaluate for {label}: name benchmarks (--tasks mmlu,hellaswag), a text file (--text), "
             "or a model inside an llmforge run (for validation perplexity)."
@@ -156,6 +122,10 @@ def evaluate(
             ppl = _perplexity(model, blocks, batch_size, _eos_id(model, tok), document_aware)
             result["perplexity"]["validation"] = ppl
             result["table"]["validation perplexity"] = ppl["perplexity"]
+        if perplexity and examples is not None:
+            ppl = _example_perplexity(model, examples, tok, batch_size, document_aware)
+            result["perplexity"]["finetune validation"] = ppl
+            result["table"]["finetune validation perplexity"] = ppl["perplexity"]
         if text is not None:
             ppl = text_perplexity(model, tok, text, batch_size)
             result["perplexity"]["text"] = ppl
@@ -208,7 +178,7 @@ def run_lm_eval(
             )
         except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as exc:
             hints = " ".join(b.data_help for b in benchmarks.values() if b.data_help)
-            raise DataError(f"lm-eval could not load a benchmark's data: {_first_line(exc)}. {hints}".strip()) from exc
+            raise DataError(f"lm-eval could not load a benchmark's data: {first_line(exc)}. {hints}".strip()) from exc
         except AssertionError as exc:
             if _raised_in(exc, "_loglikelihood_tokens"):
                 raise LlmforgeError(
@@ -271,19 +241,21 @@ def text_perplexity(model: Any, tok: Any, path: str | Path, batch_size: int = 8)
 
 
 def context_length(model: Any, tok: Any) -> int:
-    config = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 1:
-            return value
+    """The model's positions, else the tokenizer's model_max_length, else 1024."""
+    positions = max_positions(getattr(model, "config", None))
+    if positions is not None:
+        return positions
     value = getattr(tok, "model_max_length", None)
     return value if isinstance(value, int) and 1 < value < 1_000_000 else 1024
 
 
 def _perplexity(model: Any, blocks: Any, batch_size: int, eos_id: int | None, document_aware: bool) -> dict:
-    from llmforge.perplexity import perplexity
-
     return perplexity(model, blocks, batch_size=batch_size, eos_id=eos_id, document_aware=document_aware)
+
+
+def _example_perplexity(model: Any, examples: Any, tok: Any, batch_size: int, document_aware: bool) -> dict:
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return example_perplexity(model, examples, pad, tok.eos_token_id, batch_size, document_aware)
 
 
 def _eos_id(model: Any, tok: Any) -> int | None:
@@ -321,9 +293,7 @@ def _load(model_dir: Path, tokenizer: Any) -> tuple[Any, Any]:
     """The model (on the GPU when there is one) and its tokenizer, loaded once."""
     import torch
 
-    from llmforge.generate import load
-
-    model, tok = load(model_dir)
+    model, tok = load_model_dir(model_dir)
     if torch.cuda.is_available():
         model.to("cuda")
     return model, tokenizer if tokenizer is not None else tok
@@ -500,8 +470,3 @@ def _raised_in(exc: BaseException, function: str) -> bool:
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     return tb is not None and tb.tb_frame.f_code.co_name == function
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

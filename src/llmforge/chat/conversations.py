@@ -1,6 +1,6 @@
 """From instruction rows to training examples: format -> messages -> chat template -> tokens -> loss mask.
 
-Plugins contribute the three named pieces, registered through the hooks in `llmforge.hookspecs`:
+Plugins contribute the three named pieces, registered through the hooks in `llmforge.plugin.hookspecs`:
 
 * a `Format` turns one data row into `[{"role", "content"}, ...]` messages;
 * a `ChatTemplate` installs a Jinja template (and its special tokens) into the tokenizer, so the
@@ -17,104 +17,28 @@ loss when it overlaps a selected span (the rule of `return_assistant_tokens_mask
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
 
 from llmforge.errors import ConfigError, DataError
+from llmforge.plugin.types import (
+    ChatTemplate,
+    Format,
+    FormatMismatch,
+    LossMask,
+    MaskError,
+    Rendered,
+    Span,
+    Turn,
+)
 
 ROLES = ("system", "user", "assistant")
-Span = tuple[int, int]
-
-
-# --- what plugins register -----------------------------------------------------------------------
-
-
-class FormatMismatch(Exception):
-    """Raised by a format's `to_messages` when a row does not have the shape the format reads.
-
-    The message names the field (e.g. "turn 2 of 'conversations' has no field 'from'"); the core adds
-    the row number, the format's name and where the data came from.
-    """
-
-
-@dataclass(frozen=True)
-class Format:
-    """A row format: the fields a row must have, and how the row becomes messages.
-
-    `to_messages(row)` returns `[{"role": ..., "content": ...}, ...]` in the format's own words mapped
-    to `system`/`user`/`assistant`; a role it cannot map is passed through unchanged (the core counts
-    it as unknown), and so is empty content (counted as an empty turn).
-    """
-
-    fields: tuple[str, ...]
-    to_messages: Callable[[dict[str, Any]], list[dict[str, Any]]]
-    optional: tuple[str, ...] = ()
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class ChatTemplate:
-    """A chat template: Jinja text (or a function of the tokenizer returning it), its special tokens and
-    the token that ends an assistant turn.
-
-    `template=None` keeps the tokenizer's own template. `end_of_turn` may be a token string, a function
-    of the tokenizer, or None to find it from a rendered probe conversation. Put `{% generation %}` /
-    `{% endgeneration %}` around what the assistant writes, so `return_assistant_tokens_mask` works too.
-    """
-
-    template: str | Callable[[Any], str] | None
-    special_tokens: tuple[str, ...] = ()
-    end_of_turn: str | Callable[[Any], str] | None = None
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class LossMask:
-    """A loss mask: `select(rendered) -> [(start, end), ...]` character spans of `rendered.text` to train on.
-
-    `covers_everything` is True only for a mask meant to select every token (`all`); any other mask that
-    selects every token, or no token, of an example is an error.
-    """
-
-    select: Callable[[Rendered], list[Span]]
-    covers_everything: bool = False
-    description: str = ""
-
-
-class MaskError(Exception):
-    """Raised by a loss mask for an example it cannot handle (the core names the row)."""
 
 
 # --- rendering -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Turn:
-    """Where one message sits in the rendered text.
-
-    `start:end` is the whole turn, template markup included. For an assistant turn `content_start` is
-    where the generation prompt ends (what the template adds at inference is not the model's to write)
-    and `content_end` where its text and end-of-turn token end (trailing whitespace excluded); for the
-    other turns the content span is the whole turn.
-    """
-
-    role: str
-    start: int
-    end: int
-    content_start: int
-    content_end: int
-
-
-@dataclass(frozen=True)
-class Rendered:
-    text: str
-    turns: list[Turn]
-
-    def assistant_turns(self) -> list[Turn]:
-        return [t for t in self.turns if t.role == "assistant"]
 
 
 class TemplateError(DataError):

@@ -1,0 +1,1 @@
+"""Configuration: the recipe's blocks as dataclasses, and the checks that need no other layer."""

@@ -1,0 +1,1 @@
+"""Data: documents from sources, tokenizers, packed blocks, streams, token stores, batches."""

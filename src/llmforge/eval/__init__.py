@@ -1,0 +1,1 @@
+"""Evaluation: lm-eval benchmarks and perplexity of a finished model."""

@@ -1,0 +1,1 @@
+"""Models: families and presets, building and loading, attention for packed rows, LoRA."""

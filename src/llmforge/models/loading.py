@@ -1,0 +1,39 @@
+"""Loading a finished model dir (or a LoRA adapter dir onto its base), and how many positions a model has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmforge.errors import ConfigError, first_line
+from llmforge.models.lora import is_adapter_dir, load_adapter_model
+
+
+def load_model_dir(model_dir: str | Path) -> tuple[Any, Any]:
+    """A model dir (or a LoRA adapter dir, loaded onto its base) and its tokenizer, in eval mode."""
+    path = Path(model_dir)
+    adapter = is_adapter_dir(path)
+    if not (path / "config.json").is_file() and not adapter:
+        raise ConfigError(f"'{path}' is not a model directory (no config.json). Pass a run's train/final dir.")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = load_adapter_model(path, tok) if adapter else AutoModelForCausalLM.from_pretrained(str(path))
+    except (OSError, ValueError, SafetensorError) as exc:  # missing, malformed or truncated files
+        raise ConfigError(
+            f"Cannot load the model in '{path}': {first_line(exc)}. "
+            "The directory is incomplete or damaged: save or copy it again."
+        ) from exc
+    model.eval()
+    return model, tok
+
+
+def max_positions(config: Any) -> int | None:
+    """The positions a model config allows (n_positions, max_position_embeddings or n_ctx), None if it says none."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 1:
+            return value
+    return None

@@ -1,0 +1,1 @@
+"""The plugin system: hook specifications, the manager and registries, the types a plugin implements."""

@@ -1,0 +1,1 @@
+"""Using a run: generation, the data report, plots, checkpoint comparison, show-example."""

@@ -1,0 +1,1 @@
+"""Training: the one loop, its arguments, the Trainer subclass, callbacks, checkpoints."""

@@ -1,0 +1,111 @@
+"""Training settings: a stage config checked, the planned steps, and the TrainingArguments it becomes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from llmforge.config.schema import TrainConfig
+from llmforge.errors import ConfigError, TrainingError
+from llmforge.training.distributed import use_cpu
+
+
+def validate(cfg: TrainConfig, where: str = "train") -> None:
+    for key in ("batch_size", "grad_accum", "keep_last", "log_every"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{where}.{key} must be at least 1, got {getattr(cfg, key)}.")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ConfigError(f"{where}.max_steps must be at least 1, got {cfg.max_steps}.")
+    if cfg.max_steps is None and cfg.epochs <= 0:
+        raise ConfigError(f"{where}.epochs must be positive, got {cfg.epochs}.")
+    if not cfg.lr > 0:
+        raise ConfigError(f"{where}.lr must be positive, got {cfg.lr}.")
+    if cfg.early_stopping and not cfg.eval_every:
+        raise ConfigError(f"{where}.early_stopping needs {where}.eval_every: the patience counts evaluations.")
+    for key in ("eval_every", "save_every"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"{where}.{key} must be at least 1, got {getattr(cfg, key)}.")
+    if cfg.early_stopping and cfg.save_every and cfg.save_every % cfg.eval_every:
+        raise ConfigError(
+            f"{where}.early_stopping keeps the best evaluated checkpoint, so {where}.save_every ({cfg.save_every}) "
+            f"must be a multiple of {where}.eval_every ({cfg.eval_every}); leave save_every out to save at each one."
+        )
+
+
+def planned_steps(cfg: TrainConfig, n_blocks: int, world: int) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = math.ceil(math.ceil(n_blocks / (cfg.batch_size * world)) / cfg.grad_accum)
+    return max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+CPU_BF16_MIN_WIDTH = 512  # below this, bf16 autocast on a CPU measured no faster than fp32 (performance.md)
+
+
+def precision_flags(precision: str, width: int | None = None) -> dict[str, bool]:
+    """bf16/fp16 flags for TrainingArguments, or a clear error where the hardware cannot."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        if cuda:
+            return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
+        return {"bf16": _cpu_has_bf16() and (width or 0) >= CPU_BF16_MIN_WIDTH, "fp16": False}
+    if precision == "fp16" and not cuda:
+        raise TrainingError("train.precision fp16 needs a CUDA GPU. Use bf16 (or auto) on a CPU, or fp32.")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise TrainingError("This GPU has no bf16 support. Use train.precision fp16 or fp32.")
+    if precision == "bf16" and not cuda and not _cpu_has_bf16():
+        raise TrainingError("This CPU has no bf16 support (avx512_bf16/AMX). Use train.precision fp32.")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int, width: int | None = None) -> TrainingArguments:
+    warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
+    evaluate = cfg.eval_every is not None
+    save_every = cfg.save_every or (cfg.eval_every if cfg.early_stopping else None)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type={"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule],
+        warmup_steps=warmup,
+        weight_decay=cfg.weight_decay,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        max_grad_norm=cfg.max_grad_norm,
+        optim="adamw_torch_fused",
+        logging_strategy="steps",
+        logging_steps=cfg.log_every,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.eval_every,
+        save_strategy="steps" if save_every else "no",
+        save_steps=save_every,
+        save_total_limit=None,  # LlmforgeCallback rotates, counting complete checkpoints only
+        load_best_model_at_end=bool(cfg.early_stopping),
+        metric_for_best_model="eval_loss" if cfg.early_stopping else None,
+        greater_is_better=False if cfg.early_stopping else None,
+        seed=cfg.seed,
+        torch_compile=cfg.torch_compile,
+        report_to=[r for r in cfg.report_to if r != "none"] or "none",
+        dataloader_num_workers=cfg.dataloader_workers,
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        use_cache=False,
+        logging_nan_inf_filter=False,  # a NaN must show, not be averaged away
+        ddp_find_unused_parameters=False,  # every weight gets a gradient: no extra pass under DDP
+        use_cpu=use_cpu(),
+        **precision_flags(cfg.precision, width),
+    )

@@ -1,0 +1,103 @@
+"""Checkpoints and the final model: which checkpoint to resume, what it logged, the atomic final save."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from transformers import Trainer
+
+from llmforge import rundir
+from llmforge.errors import RunDirError
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint dirs in step order (complete or not)."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1)
+
+
+def complete_checkpoints(directory: Path, compat: str | None = None) -> list[Path]:
+    return [p for p in checkpoints(directory) if rundir.is_complete(p, compat)]
+
+
+def resume_point(ckpt_dir: Path, compat: str, console: Console) -> tuple[Path, int] | None:
+    """The latest complete checkpoint; incomplete ones (a kill during a save) are removed."""
+    for path in checkpoints(ckpt_dir):
+        if rundir.read_manifest(path) is None:
+            console.print(f"  removing incomplete {path.name} (interrupted while saving)")
+            shutil.rmtree(path, ignore_errors=True)
+    rundir.clean_stale(ckpt_dir)
+    done = complete_checkpoints(ckpt_dir)
+    if not done:
+        return None
+    if not rundir.is_complete(done[-1], compat):
+        raise RunDirError(
+            f"{ckpt_dir} holds checkpoints of a different model, tokenizer or data than this recipe, so "
+            "training cannot resume from them. Use another --out, or delete that directory to start over."
+        )
+    return done[-1], int(done[-1].name.split("-")[1])
+
+
+def logged(metrics: Path, stage: str, key: str, step: int, whole_row: bool = False) -> Any:
+    """The last value of `key` that `stage` logged at `step` in metrics.jsonl (None if there is none)."""
+    path = metrics
+    found = None
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("stage") == stage and row.get("step") == step and key in row:
+            found = row if whole_row else row[key]
+    return found
+
+
+def last_evaluation(trainer: Trainer) -> dict[str, float] | None:
+    """The evaluation of the model training ended with, if one was logged (no need to evaluate twice).
+
+    With early stopping that is the best checkpoint's (load_best_model_at_end), else the final step's."""
+    best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    if best is not None:
+        step = int(Path(best).name.split("-")[-1])
+        for entry in trainer.state.log_history:
+            if "eval_loss" in entry and entry.get("step") == step:
+                return entry
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            return entry if entry.get("step") == trainer.state.global_step else None
+    return None
+
+
+def save_final(
+    trainer: Trainer,
+    tok: Any,
+    final: Path,
+    fp: str,
+    outputs: dict[str, Any],
+    model: Any = None,
+    eos_token_id: int | list[int] | None = None,
+) -> None:
+    """The finished model as a plain HF dir (loads without llmforge), written atomically.
+
+    `model` replaces the trainer's (e.g. LoRA merged into its base); `eos_token_id` the ids generation
+    stops at (e.g. a chat template's end-of-turn token and EOS)."""
+    model = trainer.model if model is None else model
+    model.config.use_cache = True
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tok.eos_token_id if eos_token_id is None else eos_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id
+    with rundir.atomic_dir(final, fp, outputs) as tmp:
+        if model is trainer.model:
+            trainer.save_model(str(tmp))
+        else:
+            model.save_pretrained(str(tmp))
+        if model.generation_config is not None and not (tmp / "generation_config.json").exists():
+            model.generation_config.save_pretrained(str(tmp))  # a LoRA adapter dir: where generation stops
+        tok.save_pretrained(str(tmp))
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle: a model dir holds safetensors only
