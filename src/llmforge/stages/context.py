@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from transformers import AutoTokenizer
 
 from llmforge.data.blocks import open_blocks
 from llmforge.data.documents import SOURCE_CACHE, Source
@@ -39,8 +40,6 @@ class Context:
     def tokenizer(self) -> Any:
         """The tokenizer stage's artefact (`tokenizer/`), loaded once per process."""
         if "tokenizer" not in self.cache:
-            from transformers import AutoTokenizer  # transformers is slow to import; the CLI's --help needs none
-
             self.cache["tokenizer"] = AutoTokenizer.from_pretrained(str(self.path("tokenizer")))
         return self.cache["tokenizer"]
 
