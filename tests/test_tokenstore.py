@@ -11,6 +11,7 @@ import pytest
 import yaml
 from rich.console import Console
 
+import llmforge
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.cli import main
@@ -81,6 +82,9 @@ def test_a_recipe_trains_from_the_store(stores, tmp_path):
     assert [p.name for p in (out / "data" / "blocks").iterdir()] == [".llmforge.json"]
     blocks = json.loads((out / "data" / "blocks" / ".llmforge.json").read_text())["info"]
     assert all(Path(f).parent == stores["root"] / "store2" for files in blocks["files"].values() for f in files)
+    # `llmforge eval RUN` reads the same blocks artefact: perplexity on the store's validation blocks
+    results = llmforge.evaluate(out, tasks=[])
+    assert results["perplexity"]["validation"]["tokens"] == blocks["validation"]["blocks"] * (32 - 1)
 
 
 def test_truncated_shard_is_one_error_and_exit_code_2(stores, tmp_path, capsys):

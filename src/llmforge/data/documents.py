@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import inspect
 import math
 import shutil
@@ -93,9 +94,7 @@ def local_files(cfg: Any) -> list[Path]:
         elif path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         elif any(ch in name for ch in "*?["):
-            anchor = Path(path.anchor) if path.is_absolute() else Path(".")
-            pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else str(path)
-            found += sorted(p for p in anchor.glob(pattern) if p.is_file())
+            found += [Path(p) for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
     return found
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from llmforge import rundir
+from llmforge.data.blocks import open_blocks
 from llmforge.errors import ConfigError, DataError, LlmforgeError, RunDirError, first_line
 from llmforge.eval.perplexity import example_perplexity, perplexity
 from llmforge.models.loading import load_model_dir, max_positions
@@ -311,14 +312,12 @@ def _run_validation(run_dir: Path) -> tuple[Any, bool]:
     blocks_dir = run_dir / "data" / "blocks"
     if not rundir.is_complete(blocks_dir):
         return None, True
-    import datasets
-
     try:
         recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         recipe = {}
     document_aware = bool((recipe.get("train") or {}).get("document_aware", True))
-    return datasets.load_from_disk(str(blocks_dir))["validation"], document_aware
+    return open_blocks(blocks_dir)["validation"], document_aware  # built here, or a token store's shards
 
 
 # --- results: the table, results.json, results.md ------------------------------------------------------

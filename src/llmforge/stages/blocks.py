@@ -46,6 +46,7 @@ def run(ctx: Context) -> dict[str, Any]:
         stats = _packed_stats(blocks, info)
         with rundir.atomic_dir(out, ctx.fingerprints["blocks"], stats):
             pass  # the blocks stay where the source keeps them
+        ctx.cache["blocks"] = blocks
     else:
         ctx.console.print(f"  tokenizing and packing into blocks of {T} tokens")
         stats = build_blocks(

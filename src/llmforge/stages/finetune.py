@@ -30,7 +30,6 @@ from llmforge.chat.examples import (
 )
 from llmforge.config.schema import FinetuneConfig
 from llmforge.data.batches import ExampleCollator
-from llmforge.data.documents import input_fingerprint
 from llmforge.errors import ConfigError
 from llmforge.models.lora import apply_lora, check_targets, parameter_counts, quiet_peft
 from llmforge.stages.context import Context
@@ -75,7 +74,7 @@ def compat_fingerprint(ctx: Context) -> str:
 def data_fingerprint(ctx: Context) -> str:
     cfg: FinetuneConfig = ctx.recipe.finetune
     settings = {key: getattr(cfg, key) for key in DATA_KEYS}
-    inputs = input_fingerprint(ctx.plugins.data_source(cfg.source), source_config(cfg)) if cfg.path else None
+    inputs = ctx.source(source_config(cfg), cache="finetune").inputs() if cfg.path else None
     return rundir.fingerprint("finetune-data", settings, inputs, base_fingerprint(ctx))
 
 

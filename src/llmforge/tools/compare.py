@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
 import yaml
 
 from llmforge import rundir
+from llmforge.data.blocks import open_blocks
 from llmforge.errors import RunDirError
 from llmforge.eval.perplexity import perplexity
 from llmforge.models.loading import load_model_dir
@@ -112,5 +112,5 @@ def _score(run_dir: Path, model: Any) -> float | None:
         return None
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
     aware = (recipe.get("train") or {}).get("document_aware", True)
-    validation = datasets.load_from_disk(str(blocks))["validation"].with_format("torch")
+    validation = open_blocks(blocks)["validation"].with_format("torch")
     return perplexity(model, validation, eos_id=model.config.eos_token_id, document_aware=aware)["loss"]

@@ -200,8 +200,8 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     final_model = job.final_model(trainer.model) if job.final_model is not None else trainer.model
     if args.should_save:
         with job.quiet():
-            save_final(trainer, job.tokenizer, job.path(job.stage, "final"), job.fingerprint, outputs, final_model,
-                       job.stop_ids)  # fmt: skip
+            final = job.path(job.stage, "final")
+            save_final(trainer, job.tokenizer, final, job.fingerprint, outputs, final_model, job.stop_ids)
     return outputs, final_model
 
 
