@@ -47,3 +47,24 @@ def test_the_layer_contract_holds():
     done = subprocess.run([exe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:]
     assert "0 broken" in done.stdout
+
+
+def test_the_command_line_names_the_stages_in_order():
+    from llmforge.cli import STAGE_NAMES
+    from llmforge.stages import STAGES
+
+    assert STAGE_NAMES == tuple(STAGES)
+
+
+def test_light_imports_stay_light():
+    """A token-store worker imports llmforge.data.packer in a fresh process; a plugin imports the public
+    face; `llmforge --help` imports the command line. None of them may load torch or transformers."""
+    code = (
+        "import sys, llmforge.data.packer, llmforge.cli\n"
+        "from llmforge import hookimpl, DataSource, DataConfig, Format\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'peft') if m in sys.modules)\n"
+        "print(','.join(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""

@@ -1,86 +1,110 @@
 """llmforge: from raw text to a trained, benchmarked language model, one recipe at a time.
 
-This module is the public face: what a user and a plugin author import. Plugins import from here only.
+This module is the public face: what a user and a plugin author import (plugins import from here only).
+Names load on first use, so `import llmforge` and importing one submodule (a token-store worker imports
+`llmforge.data.packer` in a fresh process) do not pull in torch and transformers' Trainer.
 """
 
-from llmforge.chat.conversations import TemplateError
-from llmforge.config.schema import (
-    DataConfig,
-    EvaluateConfig,
-    FinetuneConfig,
-    LoraConfig,
-    ModelConfig,
-    TokenizerConfig,
-    TrainConfig,
-)
-from llmforge.data.arrowio import write_texts
-from llmforge.data.tokenstore import open_token_store, token_store_inputs
-from llmforge.errors import (
-    ConfigError,
-    DataError,
-    LlmforgeError,
-    PluginError,
-    RunDirError,
-    TrainingError,
-    did_you_mean,
-    first_line,
-)
-from llmforge.eval.harness import evaluate, hub_offline, lm_eval_tasks_dir
-from llmforge.plugin.hookspecs import hookimpl
-from llmforge.plugin.types import (
-    Benchmark,
-    ChatTemplate,
-    DataSource,
-    Format,
-    FormatMismatch,
-    LossMask,
-    MaskError,
-    ModelPreset,
-    Rendered,
-    Span,
-    TaskSet,
-    Turn,
-)
-from llmforge.recipe import Recipe, Run, finetune
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = [
-    "Benchmark",
-    "ChatTemplate",
-    "ConfigError",
-    "DataConfig",
-    "DataError",
-    "DataSource",
-    "EvaluateConfig",
-    "FinetuneConfig",
-    "Format",
-    "FormatMismatch",
-    "LlmforgeError",
-    "LoraConfig",
-    "LossMask",
-    "MaskError",
-    "ModelConfig",
-    "ModelPreset",
-    "PluginError",
-    "Recipe",
-    "Rendered",
-    "Run",
-    "RunDirError",
-    "Span",
-    "TaskSet",
-    "TemplateError",
-    "TokenizerConfig",
-    "TrainConfig",
-    "TrainingError",
-    "Turn",
-    "did_you_mean",
-    "evaluate",
-    "finetune",
-    "first_line",
-    "hookimpl",
-    "hub_offline",
-    "lm_eval_tasks_dir",
-    "open_token_store",
-    "token_store_inputs",
-    "write_texts",
-]
+
+_EXPORTS = {  # public name -> the module that defines it
+    "Benchmark": "llmforge.plugin.types",
+    "ChatTemplate": "llmforge.plugin.types",
+    "ConfigError": "llmforge.errors",
+    "DataConfig": "llmforge.config.schema",
+    "DataError": "llmforge.errors",
+    "DataSource": "llmforge.plugin.types",
+    "did_you_mean": "llmforge.errors",
+    "evaluate": "llmforge.eval.harness",
+    "EvaluateConfig": "llmforge.config.schema",
+    "finetune": "llmforge.recipe",
+    "FinetuneConfig": "llmforge.config.schema",
+    "first_line": "llmforge.errors",
+    "Format": "llmforge.plugin.types",
+    "FormatMismatch": "llmforge.plugin.types",
+    "hookimpl": "llmforge.plugin.hookspecs",
+    "hub_offline": "llmforge.eval.harness",
+    "LlmforgeError": "llmforge.errors",
+    "lm_eval_tasks_dir": "llmforge.eval.harness",
+    "LoraConfig": "llmforge.config.schema",
+    "LossMask": "llmforge.plugin.types",
+    "MaskError": "llmforge.plugin.types",
+    "ModelConfig": "llmforge.config.schema",
+    "ModelPreset": "llmforge.plugin.types",
+    "open_token_store": "llmforge.data.tokenstore",
+    "PluginError": "llmforge.errors",
+    "Recipe": "llmforge.recipe",
+    "Rendered": "llmforge.plugin.types",
+    "Run": "llmforge.recipe",
+    "RunDirError": "llmforge.errors",
+    "Span": "llmforge.plugin.types",
+    "TaskSet": "llmforge.plugin.types",
+    "TemplateError": "llmforge.chat.conversations",
+    "token_store_inputs": "llmforge.data.tokenstore",
+    "TokenizerConfig": "llmforge.config.schema",
+    "TrainConfig": "llmforge.config.schema",
+    "TrainingError": "llmforge.errors",
+    "Turn": "llmforge.plugin.types",
+    "write_texts": "llmforge.data.arrowio",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmforge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from llmforge.chat.conversations import TemplateError  # noqa: F401
+    from llmforge.config.schema import (  # noqa: F401
+        DataConfig,
+        EvaluateConfig,
+        FinetuneConfig,
+        LoraConfig,
+        ModelConfig,
+        TokenizerConfig,
+        TrainConfig,
+    )
+    from llmforge.data.arrowio import write_texts  # noqa: F401
+    from llmforge.data.tokenstore import open_token_store, token_store_inputs  # noqa: F401
+    from llmforge.errors import (  # noqa: F401
+        ConfigError,
+        DataError,
+        LlmforgeError,
+        PluginError,
+        RunDirError,
+        TrainingError,
+        did_you_mean,
+        first_line,
+    )
+    from llmforge.eval.harness import evaluate, hub_offline, lm_eval_tasks_dir  # noqa: F401
+    from llmforge.plugin.hookspecs import hookimpl  # noqa: F401
+    from llmforge.plugin.types import (  # noqa: F401
+        Benchmark,
+        ChatTemplate,
+        DataSource,
+        Format,
+        FormatMismatch,
+        LossMask,
+        MaskError,
+        ModelPreset,
+        Rendered,
+        Span,
+        TaskSet,
+        Turn,
+    )
+    from llmforge.recipe import Recipe, Run, finetune  # noqa: F401

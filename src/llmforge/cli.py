@@ -13,31 +13,31 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from llmforge.data.tokenstore import prepare
 from llmforge.errors import LlmforgeError
-from llmforge.eval.harness import evaluate, rich_table, write_results
-from llmforge.models.loading import load_model_dir
-from llmforge.plugin.manager import get_plugins
-from llmforge.recipe import Recipe
-from llmforge.stages import STAGES
-from llmforge.tools.compare import compare
-from llmforge.tools.generate import chat, generate
-from llmforge.tools.plots import write_plots
-from llmforge.tools.report import data_report
-from llmforge.tools.show_example import show_example
+
+# Each command imports what it runs inside its function: the stages pull in torch and transformers'
+# Trainer (seconds), which `llmforge --help`, `plugins` or `plot` never need.
+STAGE_NAMES = ("data", "tokenizer", "blocks", "model", "train", "finetune", "evaluate")  # == llmforge.stages.STAGES
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.recipe import Recipe
+
     recipe = Recipe.from_yaml(args.recipe, overrides=args.set, smoke=args.smoke)
     recipe.run(args.out, only=args.only, console=console)
 
 
 def cmd_prepare(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.data.tokenstore import prepare
+    from llmforge.recipe import Recipe
+
     recipe = Recipe.from_yaml(args.recipe, overrides=args.set)
     prepare(recipe, args.store, args.out or f"{args.store}.work", num_proc=args.num_proc, console=console)
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.tools.plots import write_plots
+
     for path in write_plots(args.run_dir):
         console.print(f"wrote {path}")
 
@@ -45,6 +45,8 @@ def cmd_plot(args: argparse.Namespace, console: Console) -> None:
 def cmd_compare(args: argparse.Namespace, console: Console) -> None:
     import transformers
     from rich.markup import escape as esc
+
+    from llmforge.tools.compare import compare
 
     transformers.utils.logging.disable_progress_bar()
     snaps = compare(
@@ -80,6 +82,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_data_report(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.recipe import Recipe
+    from llmforge.tools.report import data_report
 
     recipe = Recipe.from_yaml(args.recipe, overrides=args.set, smoke=args.smoke)
     data_report(
@@ -95,6 +99,9 @@ def cmd_data_report(args: argparse.Namespace, console: Console) -> None:
 
 def cmd_generate(args: argparse.Namespace, console: Console) -> None:
     import transformers
+
+    from llmforge.models.loading import load_model_dir
+    from llmforge.tools.generate import chat, generate
 
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar before the answer
     model, tok = load_model_dir(args.model_dir)
@@ -121,11 +128,16 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> None:
 
 
 def cmd_show_example(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.recipe import Recipe
+    from llmforge.tools.show_example import show_example
+
     recipe = Recipe.from_yaml(args.recipe, overrides=args.set)
     show_example(recipe, args.index, console, run_dir=args.out)
 
 
 def cmd_plugins(args: argparse.Namespace, console: Console) -> None:
+    from llmforge.plugin.manager import get_plugins
+
     plugins = get_plugins()
     table = Table(title="llmforge plugins")
     for col in ("plugin", "package", "version", "module", "registers"):
@@ -141,6 +153,8 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
 
     import datasets
     import transformers
+
+    from llmforge.eval.harness import evaluate, rich_table, write_results
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
@@ -177,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only",
         metavar="STAGE",
-        help=f"rerun this one stage (the earlier ones must be done): {', '.join(STAGES)}",
+        help=f"rerun this one stage (the earlier ones must be done): {', '.join(STAGE_NAMES)}",
     )
     p.add_argument(
         "--set",
