@@ -76,6 +76,24 @@ def _raw_recipe(text: str | bytes):
     return prepare
 
 
+def _data_file_as_recipe(name: str, content: bytes | str):
+    """A data file given to `llmforge run` where the recipe goes (a path relative to the test's cwd)."""
+
+    def prepare(tmp: Path, mapping: dict) -> list[str]:
+        (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        return ["run", name, "--out", str(tmp / "run")]
+
+    return prepare
+
+
+def _parquet_as_recipe(tmp: Path, mapping: dict) -> list[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp / "mydata.parquet")
+    return ["run", "mydata.parquet", "--out", str(tmp / "run")]
+
+
 def _plugin(source: str):
     def prepare(tmp: Path, mapping: dict) -> list[str]:
         name = f"bad_plugin_{abs(hash(source)) % 10**8}"  # one module name per case: plugins load once
@@ -170,6 +188,39 @@ CASES = [
         _raw_recipe(b"name: caf\xe9\n"),
         ("Cannot read recipe file", "recipe.yaml"),
     ),
+    Case(
+        "parquet-file-as-recipe",
+        _parquet_as_recipe,
+        (
+            "'mydata.parquet' is a data file, not a recipe: a recipe is a YAML file like",
+            "{data: {source: parquet, path: mydata.parquet}",
+        ),
+    ),
+    Case(
+        "csv-file-as-recipe",
+        _data_file_as_recipe("rows.csv", "text,label\nhello,1\n"),
+        ("'rows.csv' is a data file, not a recipe", "{data: {source: csv, path: rows.csv}"),
+    ),
+    Case(
+        "jsonl-file-as-recipe",
+        _data_file_as_recipe("rows.jsonl", '{"text": "a"}\n{"text": "b"}\n'),
+        ("'rows.jsonl' is a data file, not a recipe", "{data: {source: jsonl, path: rows.jsonl}"),
+    ),
+    Case(
+        "one-line-jsonl-file-as-recipe",
+        _data_file_as_recipe("one.jsonl", '{"text": "a"}\n'),
+        ("'one.jsonl' is a data file, not a recipe", "{data: {source: jsonl, path: one.jsonl}"),
+    ),
+    Case(
+        "text-file-as-recipe",
+        _data_file_as_recipe("book.txt", "It is a truth universally acknowledged.\n"),
+        ("'book.txt' is a data file, not a recipe", "{data: {source: text, path: book.txt}"),
+    ),
+    Case(
+        "binary-file-as-recipe",
+        _data_file_as_recipe("shard.arrow", b"\xff\xff\xff\xff\x00ARROW1\x00\x00\x81\x9c"),
+        ("'shard.arrow' is a data file, not a recipe", "path: shard.arrow", "llmforge plugins"),
+    ),
     Case("top-level-typo", lambda t, m: _run(t, {**m, "trian": {}}), ("'trian'", "did you mean 'train'")),
     Case("stage-key-typo", _with("train", lrr=0.1), ("train.lrr", "did you mean 'lr'")),
     Case("wrong-type-int", _with("train", max_steps="ten"), ("train.max_steps", "an integer", "'ten'")),
@@ -242,6 +293,16 @@ CASES = [
         ("h.jsonl", "line 1"),
     ),
     Case(
+        "jsonl-source-on-a-csv-file",
+        _data_file("rows.csv", "text,label\nhello,1\n", source="jsonl"),
+        ("rows.csv", "line 1", "'rows.csv' looks like CSV: set data.source: csv"),
+    ),
+    Case(
+        "csv-source-on-a-parquet-file",
+        _data_file("rows.parquet", b"PAR1\x15\x04\x15\x10\xff\xfe\x00PAR1", source="csv"),
+        ("rows.parquet", "'rows.parquet' looks like Parquet: set data.source: parquet"),
+    ),
+    Case(
         "jsonl-row-not-object",
         _data_file("l.jsonl", '{"text": "a"}\n[1, 2]\n', source="jsonl"),
         ("l.jsonl", "line 2", "not an object"),
@@ -290,9 +351,9 @@ CASES = [
     Case("model-config-not-json", _model_dir("bad-config"), ("Cannot load the model",)),
     Case("from-pretrained-missing", _with("model", from_pretrained="/no/model"), ("/no/model",)),
     Case(
-        "generate-zero-temperature",
-        lambda t, m: _model_dir("none")(t, m) + ["--temperature", "0"],
-        ("temperature must be positive",),
+        "generate-negative-temperature",
+        lambda t, m: _model_dir("none")(t, m) + ["--temperature", "-0.5"],
+        ("temperature must be positive", "0 for greedy", "-0.5"),
     ),
     # plugins
     Case(

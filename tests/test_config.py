@@ -16,7 +16,7 @@ from llmforge.config.schema import (
     field_docs,
     from_mapping,
 )
-from llmforge.errors import ConfigError, LlmforgeError
+from llmforge.errors import ConfigError, LlmforgeError, PluginError
 from llmforge.recipe import Recipe, apply_override
 
 # --- from_mapping ---------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def test_recipe_from_dict_builds_every_stage():
     recipe = Recipe.from_dict(
         {
             "name": "tiny",
-            "plugins": ["my_plugin"],
+            "plugins": ["llmforge_sources"],
             "data": {"source": "jsonl", "path": "/abs/x.jsonl"},
             "tokenizer": {"vocab_size": 512},
             "model": {"n_layer": 2},
@@ -281,11 +281,16 @@ def test_recipe_from_dict_builds_every_stage():
         }
     )
     assert recipe.name == "tiny"
-    assert recipe.plugins == ["my_plugin"]
+    assert recipe.plugins == ["llmforge_sources"]
     assert recipe.data.source == "jsonl" and recipe.data.path == "/abs/x.jsonl"
     assert recipe.tokenizer.vocab_size == 512
     assert recipe.model.n_layer == 2
     assert recipe.train.max_steps == 5 and recipe.train.lr == pytest.approx(1e-3)
+
+
+def test_a_plugin_that_does_not_import_fails_when_the_recipe_loads():
+    with pytest.raises(PluginError, match="Plugin 'my_plugin' .* failed to import: ModuleNotFoundError"):
+        Recipe.from_dict({"plugins": ["my_plugin"]})
 
 
 def test_recipe_from_dict_empty_is_defaults():

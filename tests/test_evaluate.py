@@ -118,11 +118,20 @@ def test_scores_equal_the_lm_eval_command_line(run_dir, tmp_path):
             elif "_stderr," in key:  # a group's pooled stderr sums its subjects in another order: last-bit noise
                 assert ours["lm_eval"]["results"][task][key] == pytest.approx(value, rel=1e-12), (task, key)
     assert ours["lm_eval"]["results"]["hellaswag"]["sample_len"] == 30
+    # each row's n: the questions it rests on (a group's, summed over its subjects), as lm-eval counts them
+    rows = {"MMLU": "mmlu", "MMLU humanities": "mmlu_humanities", "MMLU social sciences": "mmlu_social_sciences"}
+    rows.update({"MMLU STEM": "mmlu_stem", "MMLU other": "mmlu_other", "HellaSwag acc": "hellaswag"})
+    for row, task in rows.items():
+        assert ours["n"][row] == theirs[task]["sample_len"], row
+    assert ours["n"]["HellaSwag acc_norm"] == 30
+    assert ours["n"]["MMLU"] == sum(ours["n"][f"MMLU {c}"] for c in ("humanities", "social sciences", "STEM", "other"))
     assert ours["lm_eval"]["n-shot"]["mmlu_astronomy"] == 1
     # a model inside a run also gets the validation perplexity, computed as in training
     trained = json.loads((model_dir / ".llmforge.json").read_text())["info"]
     assert ours["perplexity"]["validation"]["loss"] == pytest.approx(trained["val_loss"], rel=1e-4)
     assert table["validation perplexity"] == pytest.approx(math.exp(trained["val_loss"]), rel=1e-4)
+    assert ours["n"]["validation perplexity"] == ours["perplexity"]["validation"]["tokens"]
+    assert ours["measured_on"] == {"validation perplexity": "the pretraining validation blocks"}
     assert ours["benchmarks"]["mmlu"]["source"] == f"local files in {SAMPLES / 'mmlu'}"
 
 
@@ -212,6 +221,10 @@ def test_partial_mmlu_and_ctx_only_hellaswag(run_dir, tmp_path):
     assert partial["table"]["HellaSwag acc"] == full["table"]["HellaSwag acc"]
     assert partial["table"]["HellaSwag acc_norm"] == full["table"]["HellaSwag acc_norm"]
     assert "validation perplexity" not in partial["table"]
+    astronomy = len((SAMPLES / "mmlu" / "astronomy" / "test.jsonl").read_text().splitlines())
+    assert partial["n"]["MMLU"] == partial["n"]["MMLU STEM"] == astronomy  # the one subject's questions
+    assert full["n"]["MMLU STEM"] > astronomy
+    assert partial["n"]["MMLU humanities"] is None  # no result, no count
 
 
 def test_text_perplexity_equals_an_independent_computation(run_dir, tmp_path):
@@ -237,20 +250,67 @@ def test_text_perplexity_equals_an_independent_computation(run_dir, tmp_path):
     assert ppl["tokens"] == count
     assert ppl["loss"] == pytest.approx(nll / count, rel=1e-5)
     assert result["table"] == {"perplexity of sample.txt": pytest.approx(math.exp(nll / count), rel=1e-5)}
+    assert result["n"] == {"perplexity of sample.txt": count}
 
 
-def test_comparison_rows_have_a_difference_column():
-    base = {"model": "base", "table": {"MMLU": 0.25, "MMLU STEM": None, "validation perplexity": 300.0}}
-    tuned = {"model": "tuned", "table": {"MMLU": 0.3125, "MMLU STEM": 0.5, "validation perplexity": 250.5}}
+def test_each_perplexity_says_what_it_is_measured_on(run_dir, tmp_path):
+    """Pretraining validation blocks, fine-tune examples' loss-carrying tokens, a text file: three rows
+    that say which, with the tokens each rests on."""
+    model_dir = run_dir / "train" / "final"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok("It is a truth universally acknowledged, that a single man", add_special_tokens=False)["input_ids"]
+    examples = [{"input_ids": ids, "labels": [-100] * 4 + ids[4:]}]  # a prompt of 4 tokens, then the answer
+    text = tmp_path / "letters.txt"
+    text.write_text((CORPUS / "persuasion.txt").read_text(encoding="utf-8")[:1500], encoding="utf-8")
+    result = evaluate(model_dir, tasks=[], examples=examples, text=text)
+
+    assert result["measured_on"] == {
+        "validation perplexity": "the pretraining validation blocks",
+        "finetune validation perplexity": "the fine-tune validation examples' loss-carrying tokens",
+        "perplexity of letters.txt": "letters.txt",
+    }
+    assert result["n"]["finetune validation perplexity"] == len(ids) - 4  # the answer's tokens only
+    assert result["n"]["validation perplexity"] == result["perplexity"]["validation"]["tokens"] > 0
+    assert (
+        result["perplexity"]["finetune validation"]["measured_on"]
+        == result["measured_on"]["finetune validation perplexity"]
+    )
+    header, rows = table_rows([result])
+    assert header == ["metric", "n", str(model_dir)]
+    assert [row[:2] for row in rows] == [
+        ["perplexity on the pretraining validation blocks", f"{result['n']['validation perplexity']:,} tokens"],
+        ["perplexity on the fine-tune validation examples' loss-carrying tokens", f"{len(ids) - 4} tokens"],
+        ["perplexity on letters.txt", f"{result['n']['perplexity of letters.txt']:,} tokens"],
+    ]
+
+
+def test_comparison_rows_have_n_and_a_difference_column():
+    on = {"validation perplexity": "the pretraining validation blocks"}
+    base = {
+        "model": "base",
+        "table": {"MMLU": 0.25, "MMLU STEM": None, "MMLU social sciences": 0.5, "validation perplexity": 300.0},
+        "n": {"MMLU": 30, "MMLU STEM": None, "MMLU social sciences": 7, "validation perplexity": 26924},
+        "measured_on": on,
+    }
+    tuned = {
+        "model": "tuned",
+        "table": {"MMLU": 0.3125, "MMLU STEM": 0.5, "MMLU social sciences": 0.25, "validation perplexity": 250.5},
+        "n": {"MMLU": 30, "MMLU STEM": 12, "MMLU social sciences": 8, "validation perplexity": 26924},
+        "measured_on": on,
+    }
     header, rows = table_rows([base, tuned])
-    assert header == ["metric", "base", "tuned", "difference"]
+    assert header == ["metric", "n", "base", "tuned", "difference"]
     assert rows == [
-        ["MMLU", "0.2500", "0.3125", "+0.0625"],
-        ["MMLU STEM", "-", "0.5000", "-"],
-        ["validation perplexity", "300.00", "250.50", "-49.50"],
+        ["MMLU", "30", "0.2500", "0.3125", "+0.0625"],
+        ["MMLU STEM", "- / 12", "-", "0.5000", "-"],
+        ["MMLU social sciences", "7 / 8", "0.5000", "0.2500", "-0.2500"],  # each model's count where they differ
+        ["perplexity on the pretraining validation blocks", "26,924 tokens", "300.00", "250.50", "-49.50"],
     ]
     header, rows = table_rows([base])
-    assert header == ["metric", "base"] and rows[0] == ["MMLU", "0.2500"]
+    assert header == ["metric", "n", "base"] and rows[0] == ["MMLU", "30", "0.2500"]
+    # results written before rows carried n (or by hand) still make a table
+    header, rows = table_rows([{"model": "old", "table": {"validation perplexity": 300.0}}])
+    assert rows == [["validation perplexity", "-", "300.00"]]
 
 
 def test_evaluate_stage_scores_the_in_memory_model_and_writes_results(tmp_path, monkeypatch, capsys):
@@ -286,10 +346,13 @@ def test_evaluate_stage_scores_the_in_memory_model_and_writes_results(tmp_path, 
     assert all(0.0 <= table[k] <= 1.0 for k in list(table)[:-1])
     assert results["lm_eval"]["results"]["hellaswag"]["sample_len"] == 3  # evaluate.limit
     assert results["lm_eval"]["results"]["mmlu"]["sample_len"] == 3 * 6  # 3 per subject, 6 subjects
+    assert results["n"]["MMLU"] == 18 and results["n"]["HellaSwag acc_norm"] == 3  # results.json carries n
+    assert results["n"]["validation perplexity"] == results["perplexity"]["validation"]["tokens"]
+    assert "perplexity on the pretraining validation blocks" in printed
     trained = json.loads((out / "train" / "final" / ".llmforge.json").read_text())["info"]
     assert results["perplexity"]["validation"]["loss"] == pytest.approx(trained["val_loss"], rel=1e-4)
     markdown = (out / "eval" / "results.md").read_text()
-    assert "| MMLU social sciences |" in markdown and f"--include_path {out / 'eval' / 'tasks'}" in markdown
+    assert "| MMLU social sciences | 3 |" in markdown and f"--include_path {out / 'eval' / 'tasks'}" in markdown
     assert (out / "eval" / "tasks" / "mmlu" / "mmlu_astronomy.yaml").is_file()
 
     # a rerun skips it; --only evaluate loads the saved model once and gets the same numbers
@@ -302,3 +365,16 @@ def test_evaluate_stage_scores_the_in_memory_model_and_writes_results(tmp_path, 
     recipe.evaluate.model = "finetune"
     with pytest.raises(ConfigError, match="no finetune stage"):
         recipe.run(out)
+
+
+def test_the_run_summary_says_what_its_perplexity_is_measured_on():
+    from llmforge.stages.evaluate import describe
+
+    out = {
+        "model": "finetune/final",
+        "table": {"MMLU": 0.25, "finetune validation perplexity": 44.5},
+        "measured_on": {"finetune validation perplexity": "the fine-tune validation examples' loss-carrying tokens"},
+    }
+    assert describe(out) == (
+        "finetune/final: MMLU 0.250, perplexity on the fine-tune validation examples' loss-carrying tokens 44.50"
+    )

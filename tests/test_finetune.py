@@ -290,7 +290,10 @@ def test_show_example_cli_and_its_errors(tmp_path, base, capsys):
     "changes, message",
     [
         ({"format": "dolly"}, r"Row 1 of '.*qa.jsonl' does not match format 'dolly': it has no field 'response'"),
-        ({"chat_template": "chatlm"}, r"No chat template named 'chatlm'. Known \(closest first\): chatml, .*minimal"),
+        (
+            {"chat_template": "chatlm"},
+            r"finetune.chat_template: no chat template named 'chatlm' \(did you mean 'chatml'\?\). Known: chatml",
+        ),
         (
             {"max_length": 20, "length_policy": "error"},
             r"Row 1 of .* renders to \d+ tokens, more than finetune.max_length 20",

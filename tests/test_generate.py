@@ -172,13 +172,23 @@ def test_sampling_with_a_seed_is_reproducible(loaded, spy):
     assert isinstance(c, str)
 
 
-@pytest.mark.parametrize("temperature", [0, 0.0, -0.5])
-def test_non_positive_temperature_with_sampling_is_a_config_error(loaded, temperature):
+@pytest.mark.parametrize("temperature", [0, 0.0])
+def test_zero_temperature_is_greedy_decoding(loaded, spy, temperature):
     model, tok = loaded
-    with pytest.raises(ConfigError, match="temperature must be positive"):
-        generate(model, tok, PROMPT, temperature=temperature)
+    greedy = generate(model, tok, PROMPT, max_new_tokens=8, greedy=True)
+    greedy_ids = spy.new_ids()
+    assert generate(model, tok, PROMPT, max_new_tokens=8, temperature=temperature, seed=5) == greedy
+    assert spy.new_ids() == greedy_ids
+    torch.manual_seed(99)  # no randomness is involved
+    assert generate(model, tok, PROMPT, max_new_tokens=8, temperature=temperature) == greedy
+
+
+def test_negative_temperature_is_a_config_error(loaded):
+    model, tok = loaded
+    with pytest.raises(ConfigError, match="temperature must be positive to sample, or 0 for greedy decoding"):
+        generate(model, tok, PROMPT, temperature=-0.5)
     # greedy decoding ignores the temperature
-    assert isinstance(generate(model, tok, PROMPT, max_new_tokens=2, temperature=temperature, greedy=True), str)
+    assert isinstance(generate(model, tok, PROMPT, max_new_tokens=2, temperature=-0.5, greedy=True), str)
 
 
 def test_max_new_tokens_below_one_is_a_config_error(loaded):
@@ -255,3 +265,62 @@ def test_generate_with_a_llama_model(tmp_path, corpus_text):
     assert greedy[0] == greedy[1]
     # the position cap also reads max_position_embeddings
     assert isinstance(generate(model, loaded_tok, prompt_of(loaded_tok, POSITIONS - 1), max_new_tokens=20), str)
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def cli_output(capsys, *argv: str) -> str:
+    from llmforge.cli import main
+
+    capsys.readouterr()
+    assert main(["generate", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_cli_temperature_zero_is_greedy(model_dir, capsys):
+    args = (str(model_dir), PROMPT, "--max-new-tokens", "8")
+    greedy = cli_output(capsys, *args, "--greedy")
+    assert greedy.startswith(PROMPT) and len(greedy.strip()) > len(PROMPT)
+    for seed in ("1", "2"):
+        assert cli_output(capsys, *args, "--temperature", "0", "--seed", seed) == greedy
+
+
+def _finished(src: Path, final: Path) -> None:
+    """`src` copied to `final` as a complete artefact (with its manifest), as a stage leaves it."""
+    import shutil
+
+    from llmforge import rundir
+
+    shutil.copytree(src, final)
+    rundir.write_manifest(final, "test")
+
+
+def test_cli_generate_on_a_run_dir_uses_its_latest_finished_model(tmp_path, model_dir, loaded, capsys, monkeypatch):
+    import llmforge.models.loading
+
+    run = tmp_path / "runs" / "first"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("name: first\n")
+    _finished(model_dir, run / "train" / "final")
+    _finished(model_dir, run / "finetune" / "final")
+    seen: list[Path] = []
+
+    def recording(path):
+        seen.append(Path(path))
+        return loaded
+
+    monkeypatch.setattr(llmforge.models.loading, "load_model_dir", recording)
+    cli_output(capsys, str(run), PROMPT, "--max-new-tokens", "2", "--greedy")
+    assert seen[-1] == run / "finetune" / "final"  # as llmforge.Run(run).model_dir and llmforge eval
+    (run / "finetune" / "final" / "config.json").write_text("{}")  # no longer complete
+    cli_output(capsys, str(run), PROMPT, "--max-new-tokens", "2", "--greedy")
+    assert seen[-1] == run / "train" / "final"
+    (run / "train" / "final" / ".llmforge.json").unlink()
+
+    from llmforge.cli import main
+
+    assert main(["generate", str(run), PROMPT]) == 2
+    err = capsys.readouterr().err
+    assert "no finished model" in err and "finetune/final or train/final" in err
+    assert len(seen) == 2

@@ -67,7 +67,7 @@ def test_rerun_skips_finished_stages_and_reruns_changed_ones(tiny_recipe, tmp_pa
     tiny_recipe.run(out)
     printed = capsys.readouterr().out
     assert printed.count("up to date") == 4
-    assert "resuming from checkpoint-6" in printed
+    assert "training train on from checkpoint-6 (step 6) to step 9: max_steps 6 -> 9" in printed
     assert (out / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tokenizer_mtime
     steps = [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in r]
     assert steps == list(range(1, 10))
@@ -96,3 +96,23 @@ def test_context_length_beyond_corpus_is_a_clear_error(corpus_file, tmp_path):
     with pytest.raises(Exception, match="context_length"):
         recipe.run(tmp_path / "run")
     assert not (tmp_path / "run" / "data" / "blocks").exists()
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "value", "expected"),
+    [
+        ("data", "source", "parquett", "data.source: no data source named 'parquett' (did you mean 'parquet'?)"),
+        ("finetune", "chat_template", "chatm", "finetune.chat_template: no chat template named 'chatm' (did you mean"),
+        ("finetune", "loss_mask", "assistant", "finetune.loss_mask: no loss mask named 'assistant'"),
+        ("finetune", "source", "jsnl", "finetune.source: no data source named 'jsnl' (did you mean 'jsonl'?)"),
+        ("evaluate", "benchmarks", ["mmlu", "hellaswg"], "evaluate.benchmarks: no benchmark named 'hellaswg'"),
+    ],
+)
+def test_every_plugin_name_is_checked_when_the_recipe_loads(corpus_file, block, key, value, expected):
+    mapping = tiny_recipe_dict(corpus_file)
+    mapping.setdefault(block, {})
+    mapping["finetune"] = mapping.get("finetune") or {"path": str(corpus_file)}
+    mapping[block][key] = value
+    with pytest.raises(ConfigError) as info:
+        Recipe.from_dict(mapping)
+    assert expected in str(info.value) and "`llmforge plugins` shows what is installed" in str(info.value)

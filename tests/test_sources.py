@@ -142,8 +142,9 @@ def test_text_tilde_is_expanded(tmp_path, monkeypatch):
 def test_missing_path(tmp_path):
     missing = tmp_path / "nope.txt"
     msg = data_error(src.load_text, path=str(missing))
-    assert f"data.path '{missing}' does not exist" in msg
-    assert f"(resolved from {Path.cwd()})" in msg
+    assert msg == f"data.path '{missing}' does not exist."  # absolute: no claim about where it was resolved from
+    msg = data_error(src.load_text, path="nope-relative.txt")
+    assert f"(a relative path, taken from the current directory {Path.cwd()})" in msg
 
 
 def test_missing_path_in_list(tmp_path):
@@ -562,6 +563,73 @@ def test_pretraining_refuses_a_null_text_column(tmp_path, corpus_file):
     recipe["data"]["text_column"] = None
     with pytest.raises(ConfigError, match="data.text_column is null, but pretraining reads one text column"):
         Recipe.from_dict(recipe).run(tmp_path / "run")
+
+
+# --- a file read by the source of another suffix ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("load", "name", "content", "names"),
+    [
+        (src.load_jsonl, "rows.csv", "text,label\nhello,1\n", ("line 1", "looks like CSV: set data.source: csv")),
+        (src.load_jsonl, "rows.json", '[\n {"text": "a"}\n]\n', ("line 1", "looks like JSON: set data.source: json")),
+        (src.load_jsonl, "rows.txt", "Plain prose.\n", ("line 1", "looks like plain text: set data.source: text")),
+        (src.load_json, "rows.jsonl", '{"a": 1}\n{"a": 2}\n', ("line 2", "JSON Lines: set data.source: jsonl")),
+        (src.load_json, "one.jsonl", '{"text": "a"}\n', ("JSON array", "JSON Lines: set data.source: jsonl")),
+        (src.load_parquet, "rows.csv", "text\nhello\n", ("Parquet", "looks like CSV: set data.source: csv")),
+        (src.load_parquet, "rows.tsv", "text\nhello\n", ("Parquet", "looks like TSV: set data.source: csv")),
+        (src.load_csv, "rows.jsonl", '{"text": "a"}\n', ("no column 'text'", "JSON Lines: set data.source: jsonl")),
+    ],
+)
+def test_a_failed_read_names_the_source_of_the_files_suffix(tmp_path, load, name, content, names):
+    f = write(tmp_path / name, content)
+    message = data_error(load, path=str(f))
+    assert f"'{f}'" in message and f"'{name}' " in message
+    for expected in names:
+        assert expected in message, message
+
+
+@pytest.mark.parametrize("load", [src.load_text, src.load_jsonl, src.load_json, src.load_csv])
+def test_a_parquet_file_read_as_text_names_the_parquet_source(tmp_path, load):
+    f = write_parquet(tmp_path / "rows.parquet", {"text": ["a", "b"]})
+    message = data_error(load, path=str(f))
+    assert "not valid utf-8" in message and "'rows.parquet' looks like Parquet: set data.source: parquet" in message
+
+
+def test_the_hint_names_the_finetune_block_for_finetune_rows(tmp_path):
+    from llmforge.chat.examples import load_rows
+    from llmforge.config.schema import FinetuneConfig
+    from llmforge.plugin.manager import get_plugins
+
+    f = write(tmp_path / "rows.csv", "instruction,output\nSay hi.,Hi!\n")
+    with pytest.raises(DataError) as info:
+        load_rows(FinetuneConfig(source="jsonl", path=str(f)), get_plugins())
+    message = str(info.value)
+    assert "'rows.csv' looks like CSV: set finetune.source: csv" in message and "line 1" in message
+    assert "data.source" not in message
+
+
+@pytest.mark.parametrize("name", ["bad.jsonl", "bad.ndjson", "bad.dat", "bad"])
+def test_no_hint_for_the_sources_own_suffix_or_an_unknown_one(tmp_path, name):
+    f = write(tmp_path / name, "not json\n")
+    message = data_error(src.load_jsonl, path=str(f))
+    assert "line 1 is not valid JSON" in message and "looks like" not in message
+
+
+def test_no_hint_when_another_suffix_reads_fine(tmp_path):
+    f = write(tmp_path / "notes.csv", "a,b\n1,2\n")  # the text source reads any file it is named
+    assert texts(src.load_text(DataConfig(path=str(f)))) == ["a,b\n1,2\n"]
+
+
+def test_file_sources_register_their_suffixes():
+    seen = {}
+    src.register_data_sources(lambda name, obj: seen.setdefault(name, obj))
+    assert ".csv" in seen["csv"].suffixes and ".tsv" in seen["csv"].suffixes
+    assert ".jsonl" in seen["jsonl"].suffixes and ".parquet" in seen["parquet"].suffixes
+    assert ".json" in seen["json"].suffixes and ".txt" in seen["text"].suffixes
+    assert seen["hub"].suffixes == () and seen["token_store"].suffixes == ()
+    claimed = [s for source in seen.values() for s in source.suffixes]
+    assert len(claimed) == len(set(claimed))  # one source per suffix
 
 
 # --- registration ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 
 import pytest
@@ -138,19 +139,15 @@ def test_early_stopping_stops_when_validation_loss_stalls(tmp_path, corpus_file)
 
 
 def test_changed_effective_batch_on_resume_is_logged(tmp_path, corpus_file, capsys):
-    recipe = _recipe(corpus_file, max_steps=3, save_every=3)
+    recipe = _recipe(corpus_file, max_steps=6, save_every=3)
     recipe.run(tmp_path / "run")
-    recipe.train.max_steps, recipe.train.grad_accum = 5, 2
+    shutil.rmtree(tmp_path / "run" / "train" / "final")  # as if stopped after checkpoint-3
+    shutil.rmtree(tmp_path / "run" / "train" / "checkpoints" / "checkpoint-6")
+    recipe.train.grad_accum = 2
     recipe.run(tmp_path / "run")
-    assert "effective batch changed since checkpoint-3: 128 -> 256 tokens" in capsys.readouterr().out
-
-
-def test_model_change_refuses_old_checkpoints(tmp_path, corpus_file):
-    recipe = _recipe(corpus_file, max_steps=3, save_every=3)
-    recipe.run(tmp_path / "run")
-    recipe.model.n_embd = 64
-    with pytest.raises(Exception, match="different model, tokenizer or data"):
-        recipe.run(tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "with changed settings: grad_accum 1 -> 2" in out
+    assert "effective batch changed since checkpoint-3: 128 -> 256 tokens" in out
 
 
 def test_fp16_without_a_gpu_is_a_clear_error():
@@ -184,3 +181,26 @@ def test_fused_loss_trains_like_the_models_own_loss(tmp_path, corpus_file):
     for (loss_a, norm_a), (loss_b, norm_b) in zip(*logs, strict=True):
         assert loss_a == pytest.approx(loss_b, rel=1e-5)
         assert norm_a == pytest.approx(norm_b, rel=1e-4)
+
+
+def test_the_final_model_is_the_best_evaluated_checkpoint(tmp_path, corpus_file, capsys):
+    recipe = _recipe(
+        corpus_file, max_steps=12, eval_every=2, save_every=None, lr=0.3, schedule="constant", divergence_factor=None
+    )
+    recipe.run(tmp_path / "run")
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+    best = min(losses, key=losses.get)
+    assert best != 12  # the recipe is chosen so that validation loss rises at the end
+    final = tmp_path / "run" / "train" / "final"
+    info = json.loads((final / ".llmforge.json").read_text())["info"]
+    assert info["best_step"] == best and info["val_loss"] == pytest.approx(losses[best])
+    kept = load_file(tmp_path / "run" / "train" / "checkpoints" / f"checkpoint-{best}" / "model.safetensors")
+    assert all(torch.equal(kept[k], v) for k, v in load_file(final / "model.safetensors").items())
+    out = capsys.readouterr().out
+    assert f"final model: step {best} of 12, the lowest validation loss" in out
+    assert f"(best of 12 steps: step {best})" in out  # the summary table says it too
+    recipe.train.final_model = "last"
+    recipe.run(tmp_path / "last")
+    info = json.loads((tmp_path / "last" / "train" / "final" / ".llmforge.json").read_text())["info"]
+    assert info["best_step"] is None and info["val_loss"] == pytest.approx(losses[12])

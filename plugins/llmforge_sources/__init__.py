@@ -10,15 +10,20 @@ Small corpora are read into memory. Above `STREAM_BYTES` of input, the text and 
 their documents to an on-disk Arrow file one document at a time (`llmforge.write_texts`, in
 the `cache_dir` the core passes: `data/source-cache/` of the run), so memory does not grow with the
 corpus; the rows, and so every later result, are the same either way.
+
+A file that one of these sources fails to read, and whose suffix belongs to another of them (a .csv
+given to `source: jsonl`), gets the source to set added to the error.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import glob
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +47,24 @@ JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 JSON_SUFFIXES = {".json"}
 PARQUET_SUFFIXES = {".parquet"}
 CSV_SUFFIXES = {".csv", ".tsv"}
+FILE_SOURCES = {  # source -> (the suffixes it reads, what a file of them is called in an error)
+    "text": (TEXT_SUFFIXES, "plain text"),
+    "jsonl": (JSONL_SUFFIXES, "JSON Lines"),
+    "json": (JSON_SUFFIXES, "JSON"),
+    "parquet": (PARQUET_SUFFIXES, "Parquet"),
+    "csv": (CSV_SUFFIXES, "CSV"),
+}
 STREAM_BYTES = 256 * 2**20  # inputs larger than this are read document by document to disk
 READ_BYTES = 16 * 2**20  # a text file is read this much at a time
 
 
 @hookimpl
 def register_data_sources(register) -> None:
-    register("text", DataSource(load_text, inputs=lambda config: expand_paths(config, TEXT_SUFFIXES)))
-    register("jsonl", DataSource(load_jsonl, inputs=lambda config: expand_paths(config, JSONL_SUFFIXES)))
-    register("json", DataSource(load_json, inputs=lambda config: expand_paths(config, JSON_SUFFIXES)))
-    register("parquet", DataSource(load_parquet, inputs=lambda config: expand_paths(config, PARQUET_SUFFIXES)))
-    register("csv", DataSource(load_csv, inputs=lambda config: expand_paths(config, CSV_SUFFIXES)))
+    register("text", _file_source(load_text, TEXT_SUFFIXES))
+    register("jsonl", _file_source(load_jsonl, JSONL_SUFFIXES))
+    register("json", _file_source(load_json, JSON_SUFFIXES))
+    register("parquet", _file_source(load_parquet, PARQUET_SUFFIXES))
+    register("csv", _file_source(load_csv, CSV_SUFFIXES))
     register("hub", DataSource(load_hub, inputs=hub_inputs))
     register(
         "token_store",
@@ -63,6 +75,11 @@ def register_data_sources(register) -> None:
             description="blocks tokenized and packed once by `llmforge prepare`, shared by many runs",
         ),
     )
+
+
+def _file_source(load: Any, suffixes: set[str]) -> DataSource:
+    """A source of local files: its inputs are the files `path` names, its suffixes the ones it reads."""
+    return DataSource(load, inputs=lambda config: expand_paths(config, suffixes), suffixes=tuple(sorted(suffixes)))
 
 
 def hub_inputs(config: DataConfig) -> list[Path]:
@@ -110,8 +127,26 @@ def expand_paths(config: DataConfig, suffixes: set[str]) -> list[Path]:
         elif p.exists():
             raise DataError(f"data.path '{p}' is neither a file nor a directory.")
         else:
-            raise DataError(f"data.path '{p}' does not exist (resolved from {Path.cwd()}).")
+            relative = "" if p.is_absolute() else f" (a relative path, taken from the current directory {Path.cwd()})"
+            raise DataError(f"data.path '{p}' does not exist{relative}.")
     return files
+
+
+@contextlib.contextmanager
+def suffix_hint(path: Path, config: DataConfig, source: str) -> Iterator[None]:
+    """A DataError raised while `source` reads `path` gains the source to set when the file's suffix is
+    another built-in source's: "'rows.csv' looks like CSV: set data.source: csv." Only reads that fail
+    are told: the text source reads a .csv file named directly, and that is no mistake."""
+    try:
+        yield
+    except DataError as exc:
+        suffix = path.suffix.lower()
+        other = next((name for name, (suffixes, _) in FILE_SOURCES.items() if suffix in suffixes), source)
+        if other == source:
+            raise
+        kind = "TSV" if suffix == ".tsv" else FILE_SOURCES[other][1]
+        # data.* as in every source error; the fine-tune loader adds that its block's keys have the same names
+        raise DataError(f"{exc} '{path.name}' looks like {kind}: set data.source: {other}.") from exc
 
 
 def read_text_file(path: Path, encoding: str) -> str:
@@ -142,8 +177,9 @@ def load_text(config: DataConfig, cache_dir: str | None = None) -> datasets.Data
 def _text_documents(paths: list[Path], config: DataConfig, column: str) -> Any:
     separator = {"file": None, "paragraph": "\n\n"}.get(config.documents, "\n")
     for path in paths:
-        for piece in text_pieces(path, config.encoding, separator):
-            yield path, piece.strip() if config.documents == "paragraph" else piece
+        with suffix_hint(path, config, "text"):
+            for piece in text_pieces(path, config.encoding, separator):
+                yield path, piece.strip() if config.documents == "paragraph" else piece
 
 
 def text_pieces(path: Path, encoding: str, separator: str | None) -> Any:
@@ -216,24 +252,29 @@ def load_jsonl(config: DataConfig, cache_dir: str | None = None) -> datasets.Dat
 
 def _jsonl_values(paths: list[Path], config: DataConfig, column: str | None) -> Any:
     for path in paths:
-        if _large([path]):  # line by line: a large file is never held whole
-            lines: Any = _read_lines(path, config.encoding)
-        else:
-            lines = read_text_file(path, config.encoding).split("\n")
-        # split on "\n" only: str.splitlines() also splits inside JSON strings at U+2028, U+0085, ...
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"'{path}' line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}). "
-                    "Each line of a JSON Lines file must be one JSON object."
-                ) from exc
-            if not isinstance(row, dict):
-                raise DataError(f"'{path}' line {lineno} is a JSON {type(row).__name__}, not an object.")
-            yield path, _text_of(row, config, f"'{path}' line {lineno}")
+        with suffix_hint(path, config, "jsonl"):
+            yield from _jsonl_file(path, config)
+
+
+def _jsonl_file(path: Path, config: DataConfig) -> Any:
+    if _large([path]):  # line by line: a large file is never held whole
+        lines: Any = _read_lines(path, config.encoding)
+    else:
+        lines = read_text_file(path, config.encoding).split("\n")
+    # split on "\n" only: str.splitlines() also splits inside JSON strings at U+2028, U+0085, ...
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"'{path}' line {lineno} is not valid JSON ({exc.msg} at column {exc.colno}). "
+                "Each line of a JSON Lines file must be one JSON object."
+            ) from exc
+        if not isinstance(row, dict):
+            raise DataError(f"'{path}' line {lineno} is a JSON {type(row).__name__}, not an object.")
+        yield path, _text_of(row, config, f"'{path}' line {lineno}")
 
 
 def _read_lines(path: Path, encoding: str) -> Any:
@@ -252,21 +293,26 @@ def load_json(config: DataConfig) -> datasets.Dataset:
     texts: list[Any] = []
     field = config.options.get("field")
     for path in expand_paths(config, JSON_SUFFIXES):
-        try:
-            data = json.loads(read_text_file(path, config.encoding))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"'{path}' is not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
-        if field is not None:
-            if not isinstance(data, dict) or field not in data:
-                raise DataError(f"'{path}' has no top-level field '{field}' (data.options.field).")
-            data = data[field]
-        if not isinstance(data, list):
-            raise DataError(
-                f"'{path}' must hold a JSON array of objects; for an object that wraps the array, "
-                "set data.options.field to the key of the array."
-            )
-        texts += [_text_of(row, config, f"Row {i} of '{path}'") for i, row in enumerate(data, start=1)]
+        with suffix_hint(path, config, "json"):
+            texts += _json_file(path, config, field)
     return _dataset(texts, config)
+
+
+def _json_file(path: Path, config: DataConfig, field: str | None) -> list[Any]:
+    try:
+        data = json.loads(read_text_file(path, config.encoding))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"'{path}' is not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
+    if field is not None:
+        if not isinstance(data, dict) or field not in data:
+            raise DataError(f"'{path}' has no top-level field '{field}' (data.options.field).")
+        data = data[field]
+    if not isinstance(data, list):
+        raise DataError(
+            f"'{path}' must hold a JSON array of objects; for an object that wraps the array, "
+            "set data.options.field to the key of the array."
+        )
+    return [_text_of(row, config, f"Row {i} of '{path}'") for i, row in enumerate(data, start=1)]
 
 
 def _text_of(row: Any, config: DataConfig, where: str) -> Any:
@@ -318,23 +364,26 @@ def load_parquet(config: DataConfig) -> datasets.Dataset:
 
     texts: list[Any] = []
     for path in expand_paths(config, PARQUET_SUFFIXES):
-        try:
-            schema = pq.read_schema(path)
-        except Exception as exc:
-            raise DataError(f"'{path}' is not a readable Parquet file: {exc}.") from exc
-        if config.text_column is None:
-            texts += pq.read_table(path).to_pylist()
-            continue
-        if config.text_column not in schema.names:
-            raise DataError(
-                f"'{path}' has no column '{config.text_column}' (data.text_column). "
-                f"Its columns: {', '.join(schema.names)}."
-            )
-        column = pq.read_table(path, columns=[config.text_column]).column(0).to_pylist()
-        for i, t in enumerate(column, start=1):
-            _check_text(t, config, f"Row {i} of '{path}'")
-        texts += column
+        with suffix_hint(path, config, "parquet"):
+            texts += _parquet_file(pq, path, config)
     return _dataset(texts, config)
+
+
+def _parquet_file(pq: Any, path: Path, config: DataConfig) -> list[Any]:
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:
+        raise DataError(f"'{path}' is not a readable Parquet file: {exc}.") from exc
+    if config.text_column is None:
+        return pq.read_table(path).to_pylist()
+    if config.text_column not in schema.names:
+        raise DataError(
+            f"'{path}' has no column '{config.text_column}' (data.text_column). Its columns: {', '.join(schema.names)}."
+        )
+    column = pq.read_table(path, columns=[config.text_column]).column(0).to_pylist()
+    for i, t in enumerate(column, start=1):
+        _check_text(t, config, f"Row {i} of '{path}'")
+    return column
 
 
 def load_csv(config: DataConfig) -> datasets.Dataset:
@@ -342,27 +391,31 @@ def load_csv(config: DataConfig) -> datasets.Dataset:
 
     texts: list[Any] = []
     for path in expand_paths(config, CSV_SUFFIXES):
-        sep = "\t" if path.suffix.lower() == ".tsv" else ","
-        try:
-            frame = pd.read_csv(path, sep=sep, encoding=config.encoding, dtype=str, keep_default_na=False)
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                f"'{path}' is not valid {config.encoding} (byte {exc.start}). Convert it to UTF-8 or set data.encoding."
-            ) from exc
-        except pd.errors.EmptyDataError as exc:
-            raise DataError(f"'{path}' is empty: it has no header row and no data.") from exc
-        except pd.errors.ParserError as exc:
-            raise DataError(f"'{path}' is not valid CSV: {exc}") from exc
-        if config.text_column is None:
-            texts += frame.to_dict("records")
-            continue
-        if config.text_column not in frame.columns:
-            raise DataError(
-                f"'{path}' has no column '{config.text_column}' (data.text_column). "
-                f"Its columns: {', '.join(map(str, frame.columns))}."
-            )
-        texts += frame[config.text_column].tolist()
+        with suffix_hint(path, config, "csv"):
+            texts += _csv_file(pd, path, config)
     return _dataset(texts, config)
+
+
+def _csv_file(pd: Any, path: Path, config: DataConfig) -> list[Any]:
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        frame = pd.read_csv(path, sep=sep, encoding=config.encoding, dtype=str, keep_default_na=False)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"'{path}' is not valid {config.encoding} (byte {exc.start}). Convert it to UTF-8 or set data.encoding."
+        ) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"'{path}' is empty: it has no header row and no data.") from exc
+    except pd.errors.ParserError as exc:
+        raise DataError(f"'{path}' is not valid CSV: {exc}") from exc
+    if config.text_column is None:
+        return frame.to_dict("records")
+    if config.text_column not in frame.columns:
+        raise DataError(
+            f"'{path}' has no column '{config.text_column}' (data.text_column). "
+            f"Its columns: {', '.join(map(str, frame.columns))}."
+        )
+    return frame[config.text_column].tolist()
 
 
 def load_hub(config: DataConfig) -> datasets.Dataset | datasets.IterableDataset:

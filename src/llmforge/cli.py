@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,7 +26,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> None:
     from llmforge.recipe import Recipe
 
     recipe = Recipe.from_yaml(args.recipe, overrides=args.set, smoke=args.smoke)
-    recipe.run(args.out, only=args.only, console=console)
+    recipe.run(
+        args.out, only=args.only, console=console, restart=args.restart, resume=args.resume, discard=args.discard
+    )
 
 
 def cmd_prepare(args: argparse.Namespace, console: Console) -> None:
@@ -104,7 +108,12 @@ def cmd_generate(args: argparse.Namespace, console: Console) -> None:
     from llmforge.tools.generate import chat, generate
 
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar before the answer
-    model, tok = load_model_dir(args.model_dir)
+    model_dir = Path(args.model_dir)
+    if (model_dir / "recipe.yaml").is_file():  # a run dir: its latest finished model, as llmforge eval reads it
+        from llmforge.recipe import Run
+
+        model_dir = Run(model_dir).model_dir
+    model, tok = load_model_dir(model_dir)
     sampling = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -183,6 +192,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmforge", description="From raw text to a trained language model.")
+    parser.add_argument("--version", action="version", version=f"llmforge {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a recipe's stages (finished, unchanged stages are skipped)")
@@ -203,6 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--smoke", action="store_true", help="apply the recipe's smoke: block (a quick check run) before --set"
     )
+    p.add_argument(
+        "--restart",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="redo STAGE and every stage after it from scratch, even if up to date (repeatable); a training "
+        "stage's earlier run is kept in RUN/previous/",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="training stages go on from their last checkpoint even where a changed setting would train afresh",
+    )
+    p.add_argument(
+        "--discard",
+        action="store_true",
+        help="a stage trained afresh deletes its earlier checkpoints and model (default: kept in RUN/previous/)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("prepare", help="tokenize and pack a recipe's data once into a sharded token store")
@@ -214,18 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("plot", help="draw RUN/loss.png and RUN/data/lengths.png from the run dir")
-    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("run_dir", metavar="RUN", help="run directory (the --out of llmforge run)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("compare", help="samples and validation loss of every saved checkpoint, side by side")
-    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument(
+        "run_dir", metavar="RUN", help="run directory (the --out of llmforge run) whose checkpoints to compare"
+    )
     p.add_argument("--prompt", action="append", required=True, help="a prompt to continue (repeatable)")
     p.add_argument(
         "--chat",
         action="store_true",
         help="models with a chat template answer each prompt as a user turn; others continue it",
     )
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument(
+        "--max-new-tokens", type=int, default=40, metavar="N", help="tokens sampled per prompt (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="one sampling seed for every checkpoint (default 0)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.set_defaults(func=cmd_compare)
@@ -250,15 +282,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_report)
 
     p = sub.add_parser("generate", help="continue a prompt with a finished model dir")
-    p.add_argument("model_dir")
-    p.add_argument("prompt")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--repetition-penalty", type=float, default=1.1)
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "model_dir",
+        metavar="DIR",
+        help="a model dir (a run's finetune/final or train/final, a checkpoint, any HF causal-LM dir) or a run dir "
+        "(its finetune/final if finished, else train/final)",
+    )
+    p.add_argument("prompt", metavar="PROMPT", help="the text to continue (with --chat: the user's message)")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=64, metavar="N", help="generate at most N tokens (default: %(default)s)"
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        metavar="T",
+        help="sampling temperature: lower is more predictable; 0 is greedy decoding (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=50,
+        metavar="K",
+        help="sample among the K likeliest tokens only (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=0.95,
+        metavar="P",
+        help="sample among the likeliest tokens whose probabilities add up to P (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.1,
+        metavar="R",
+        help="above 1, tokens already in the text become less likely; 1 turns it off (default: %(default)s)",
+    )
+    p.add_argument(
+        "--greedy", action="store_true", help="greedy decoding (the likeliest token each step) instead of sampling"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="sampling seed: the same seed gives the same text (default: a new sample each time)",
+    )
     p.add_argument("--chat", action="store_true", help="answer PROMPT as a user turn with the saved chat template")
     p.add_argument("--system", help="with --chat: a system message before the user turn")
     p.set_defaults(func=cmd_generate)
@@ -290,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return version("llmforge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     console = Console()
     parser = build_parser()
@@ -303,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     except KeyboardInterrupt:
-        Console(stderr=True).print("[red]interrupted[/]")
+        resume = " Rerun the same command to go on from the last complete checkpoint." if args.command == "run" else ""
+        Console(stderr=True).print(f"\n[red]interrupted.[/]{resume}", highlight=False)
         return 130
     return 0
 

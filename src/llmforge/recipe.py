@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import datasets
 import transformers
@@ -74,9 +75,11 @@ class Recipe:
     finetune: FinetuneConfig | None = None
     evaluate: EvaluateConfig | None = None
     plugins: list[str] = field(default_factory=list)
+    folder: ClassVar[Path | None] = None  # a recipe file's folder (relative data paths are taken from it)
 
     def __post_init__(self) -> None:
         self._prepare_model()
+        check_plugin_names(self, get_plugins(self.plugins))
 
     def _prepare_model(self) -> None:
         """Fill the model's unset sizes from its preset (a plugin registry: the recipe's plugins count) and
@@ -121,16 +124,42 @@ class Recipe:
         stand-in for a hub dataset, a few steps, a small model); `smoke=True` (`llmforge run --smoke`)
         merges it into the recipe before `overrides`, otherwise it is ignored."""
         path = Path(path)
+
+        def source_of_suffix() -> str | None:  # the data source whose files end like this one (a plugin's word)
+            registry = get_plugins().registries["data_source"]
+            suffix = path.suffix.lower()
+            return next((n for n in registry.names() if suffix in getattr(registry.get(n), "suffixes", ())), None)
+
+        def not_a_recipe(source: str | None) -> ConfigError:
+            """A data file given where the recipe goes: say so, with a recipe that reads it."""
+            example = {"data": {"source": source or "SOURCE", "path": str(path)}, "train": {"max_steps": 1000}}
+            flow = yaml.safe_dump(example, default_flow_style=True, sort_keys=False, width=10**6).strip()
+            which = "" if source else " (SOURCE: a data source that reads such files; `llmforge plugins` lists them)"
+            return ConfigError(
+                f"'{path}' is a data file, not a recipe: a recipe is a YAML file like `{flow}`{which}, which "
+                "pretrains a model on it (a finetune block with base, source and path fine-tunes one on its rows "
+                "instead). Save it as recipe.yaml and run `llmforge run recipe.yaml --out runs/first`."
+            )
+
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError as exc:
             raise ConfigError(f"Recipe file '{path}' does not exist.") from exc
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:  # not text: a data file, unless it is named as YAML
+            if path.suffix.lower() in (".yaml", ".yml"):
+                raise ConfigError(f"Cannot read recipe file '{path}': {exc}") from exc
+            raise not_a_recipe(source_of_suffix()) from exc
+        except OSError as exc:
             raise ConfigError(f"Cannot read recipe file '{path}': {exc}") from exc
         try:
             mapping = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
+            if source := source_of_suffix():
+                raise not_a_recipe(source) from exc
             raise ConfigError(f"'{path}' is not valid YAML: {exc}") from exc
+        recipe_like = isinstance(mapping, dict) and any(key in (*TOP_KEYS, SMOKE_KEY) for key in mapping)
+        if not recipe_like and (source := source_of_suffix()):  # a CSV, text or JSON file can parse as YAML
+            raise not_a_recipe(source)
         if not isinstance(mapping, dict):
             raise ConfigError(
                 f"'{path}' must be a YAML mapping with keys {', '.join(TOP_KEYS)}, not a {type(mapping).__name__}."
@@ -154,6 +183,7 @@ class Recipe:
                 recipe.finetune.base = str(base / Path(recipe.finetune.base).expanduser())  # else a hub name
         if recipe.evaluate is not None and recipe.evaluate.data_dir:  # relative to the recipe file, like data.path
             recipe.evaluate.data_dir = str(base / Path(recipe.evaluate.data_dir).expanduser())
+        recipe.folder = base
         return recipe
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,71 +193,169 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def run(
-        self, out: str | Path, only: str | None = None, console: Console | None = None, until: str | None = None
+        self,
+        out: str | Path,
+        only: str | None = None,
+        console: Console | None = None,
+        until: str | None = None,
+        restart: str | list[str] | None = None,
+        resume: bool = False,
+        discard: bool = False,
     ) -> Run:
         """Run every stage (or `only` one, or those `until` a stage) in `out`; finished, unchanged stages
-        are skipped."""
+        are skipped.
+
+        A training stage whose settings changed trains afresh, resumes or trains on as
+        llmforge.training.reruns decides and prints. `restart` redoes the named stages and every stage
+        after them from scratch; `resume` makes training stages go on from their last checkpoint whatever
+        setting changed; `discard` deletes a run trained afresh instead of keeping it in RUN/previous/."""
         if only is not None and only not in STAGES:
             raise ConfigError(
                 f"--only '{only}' is not a stage{did_you_mean(only, STAGES)}. Stages: {', '.join(STAGES)}."
             )
+        restarted = _restarted_stages(self, [restart] if isinstance(restart, str) else list(restart or []))
+        if restarted and resume:
+            raise ConfigError("--restart and --resume contradict each other: give one of them.")
         console = console or Console()
         datasets.disable_progress_bars()  # llmforge prints its own progress
         transformers.utils.logging.disable_progress_bar()
         out = Path(out)
         check_tracking(self)  # a missing tracking back-end fails now, not after the data is prepared
         plugins = get_plugins(self.plugins)
-        self._prepare_model()  # again: the model block may have been replaced since the recipe was built
+        self._prepare_model()  # again: the blocks may have been replaced since the recipe was built
+        check_plugin_names(self, plugins)
+        check_recipe_paths(self)
         dist = distributed_state()
         main = dist is None or dist.is_main_process
         if not main:
             console = Console(quiet=True)  # one process reports; every process trains
-        ctx = Context(out, self, plugins, console)
+        ctx = Context(out, self, plugins, console, restart=restarted, resume=resume, discard=discard)
         summary: list[tuple[str, str, float | None]] = []
         if out.exists() and not out.is_dir():
             raise RunDirError(f"--out '{out}' exists and is not a directory. Choose another --out.")
-        with rundir.locked(out) if main else contextlib.nullcontext():
-            if main:
-                check_run_dir(out, self)
-                resolved = out / "recipe.yaml"
-                if not resolved.exists() or resolved.read_text() != self.to_yaml():
-                    rundir.write_text(resolved, self.to_yaml())
-            for name, stage in STAGES.items():
-                if until is not None and list(STAGES).index(name) > list(STAGES).index(until):
-                    break
-                if not stage.enabled(self):
-                    continue
-                # Under torchrun / accelerate launch every process trains; the main process alone runs the
-                # other stages while the rest wait, then find them up to date.
-                serial = dist is not None and name not in PARALLEL_STAGES
-                with dist.main_process_first() if serial else contextlib.nullcontext():
-                    ctx.fingerprints[name] = stage.fingerprint(ctx)
-                    artefact = out / stage.ARTEFACT
-                    if main:
-                        rundir.clean_stale(artefact.parent)
-                    up_to_date = rundir.is_complete(artefact, ctx.fingerprints[name])
-                    if up_to_date and only != name:
-                        ctx.outputs[name] = rundir.read_manifest(artefact)["info"]
-                        summary.append((name, "up to date", None))
+        fresh = main and not out.exists()  # a run dir this call creates: removed again if it fails at once
+        try:
+            with rundir.locked(out) if main else contextlib.nullcontext():
+                if main:
+                    check_run_dir(out, self)
+                    resolved = out / "recipe.yaml"
+                    if not resolved.exists() or resolved.read_text() != self.to_yaml():
+                        rundir.write_text(resolved, self.to_yaml())
+                for name, stage in STAGES.items():
+                    if until is not None and list(STAGES).index(name) > list(STAGES).index(until):
+                        break
+                    if not stage.enabled(self):
                         continue
-                    if only is not None and only != name and not up_to_date:
-                        raise RunDirError(
-                            f"--only {only} needs the '{name}' stage, which is missing or out of date in {out}. "
-                            "Run the whole recipe first."
-                        )
-                    console.rule(f"[bold]{name}")
-                    plugins.call("on_stage_start", stage=name, run_dir=out)
-                    started = time.perf_counter()
-                    ctx.outputs[name] = stage.run(ctx)
-                    summary.append((name, "ran", time.perf_counter() - started))
-                    plugins.call("on_stage_end", stage=name, run_dir=out, outputs=ctx.outputs[name])
-                    if main:
-                        draw_pictures(name, ctx)
-                if only == name:
-                    break
+                    # Under torchrun / accelerate launch every process trains; the main process alone runs the
+                    # other stages while the rest wait, then find them up to date.
+                    serial = dist is not None and name not in PARALLEL_STAGES
+                    with dist.main_process_first() if serial else contextlib.nullcontext():
+                        ctx.fingerprints[name] = stage.fingerprint(ctx)
+                        artefact = out / stage.ARTEFACT
+                        if main:
+                            rundir.clean_stale(artefact.parent)
+                        up_to_date = rundir.is_complete(artefact, ctx.fingerprints[name]) and name not in restarted
+                        if up_to_date and only != name:
+                            ctx.outputs[name] = rundir.read_manifest(artefact)["info"]
+                            summary.append((name, "up to date", None))
+                            continue
+                        if only is not None and only != name and not up_to_date:
+                            raise RunDirError(
+                                f"--only {only} needs the '{name}' stage, which is missing or out of date in {out}. "
+                                "Run the whole recipe first."
+                            )
+                        console.rule(f"[bold]{name}")
+                        plugins.call("on_stage_start", stage=name, run_dir=out)
+                        started = time.perf_counter()
+                        ctx.outputs[name] = stage.run(ctx)
+                        summary.append((name, "ran", time.perf_counter() - started))
+                        plugins.call("on_stage_end", stage=name, run_dir=out, outputs=ctx.outputs[name])
+                        if main:
+                            draw_pictures(name, ctx)
+                    if only == name:
+                        break
+        except BaseException:
+            made = [p for p in out.rglob("*") if p.is_file() and p.name not in (".lock", "recipe.yaml")]
+            if fresh and not made:  # it failed before writing anything: leave no lock or recipe behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         run = Run(out)
         print_summary(console, summary, ctx.outputs)
         return run
+
+
+def check_recipe_paths(recipe: Recipe) -> None:
+    """A data path that a recipe file gave relative to its folder and that does not exist there is
+    reported before anything runs, saying where it was looked for and where it does exist."""
+    folder = recipe.folder
+    if folder is None:
+        return
+    for key, cfg in (("data", recipe.data), ("finetune", recipe.finetune)):
+        if cfg is None:
+            continue
+        for name in ("path", "data_files"):
+            value = getattr(cfg, name, None)
+            values = value.values() if isinstance(value, dict) else [value]
+            for item in values:
+                for path in item if isinstance(item, list) else [item]:
+                    if not isinstance(path, str) or any(ch in path for ch in "*?[") or Path(path).exists():
+                        continue
+                    if not Path(path).is_relative_to(folder):
+                        continue  # written absolute in the recipe: the source reports it
+                    relative = Path(path).relative_to(folder)
+                    here = Path.cwd() / relative
+                    hint = (
+                        f" It does exist relative to the current directory ({here}): write the path relative to "
+                        "the recipe's folder, or absolute."
+                        if here.exists()
+                        else ""
+                    )
+                    raise ConfigError(
+                        f"{key}.{name} '{relative}' does not exist: a relative path in a recipe file is taken from "
+                        f"the recipe's folder ({folder}), which gives {path}.{hint}"
+                    )
+
+
+def check_plugin_names(recipe: Recipe, plugins: Any) -> None:
+    """Every plugin name in the recipe exists, checked before anything runs (a misspelt chat template
+    must not fail after an hour of pretraining): the key, the closest names, what to do."""
+    named: list[tuple[str, str, str]] = []  # (recipe key, registry, name)
+    if recipe.data is not None:
+        named.append(("data.source", "data_source", recipe.data.source))
+    if recipe.finetune is not None:
+        ft = recipe.finetune
+        named += [
+            ("finetune.source", "data_source", ft.source),
+            ("finetune.format", "format", ft.format),
+            ("finetune.chat_template", "chat_template", ft.chat_template),
+            ("finetune.loss_mask", "loss_mask", ft.loss_mask),
+        ]
+    if recipe.evaluate is not None:
+        named += [("evaluate.benchmarks", "benchmark", name) for name in recipe.evaluate.benchmarks]
+    for key, kind, name in named:
+        known = plugins.registries[kind].names()
+        if name not in known:
+            what = kind.replace("_", " ")
+            raise ConfigError(
+                f"{key}: no {what} named '{name}'{did_you_mean(name, known)}. Known: {', '.join(known) or 'none'}. "
+                f"Fix the name, or install or list (recipe 'plugins:') the plugin that provides it; "
+                "`llmforge plugins` shows what is installed."
+            )
+
+
+def _restarted_stages(recipe: Recipe, names: list[str]) -> frozenset[str]:
+    """The stages `--restart` names and every enabled stage after them: they used what is redone."""
+    for name in names:
+        if name not in STAGES:
+            raise ConfigError(
+                f"--restart '{name}' is not a stage{did_you_mean(name, STAGES)}. Stages: {', '.join(STAGES)}."
+            )
+        if not STAGES[name].enabled(recipe):
+            raise ConfigError(f"--restart {name}: this recipe has no {name} stage.")
+    if not names:
+        return frozenset()
+    first = min(list(STAGES).index(name) for name in names)
+    return frozenset(name for name in list(STAGES)[first:] if STAGES[name].enabled(recipe))
 
 
 def merge_overrides(mapping: dict[str, Any], block: dict[str, Any], where: str) -> None:
@@ -277,18 +405,19 @@ def _resolve_paths(cfg: DataConfig | FinetuneConfig, base: Path) -> DataConfig |
     """Relative data paths in a recipe file are relative to the file, like the seeds' scripts."""
 
     def fix(p: str) -> str:
-        return p if Path(p).expanduser().is_absolute() else str(base / p)
+        return p if Path(p).expanduser().is_absolute() or "://" in p else str(base / p)
 
     if isinstance(cfg.path, str):
         cfg.path = fix(cfg.path)
     elif isinstance(cfg.path, list):
         cfg.path = [fix(p) for p in cfg.path]
-    if isinstance(cfg.data_files, str):
-        cfg.data_files = fix(cfg.data_files)
-    elif isinstance(cfg.data_files, list):
-        cfg.data_files = [fix(p) for p in cfg.data_files]
-    elif isinstance(cfg.data_files, dict):
-        cfg.data_files = {k: [fix(p) for p in v] if isinstance(v, list) else fix(v) for k, v in cfg.data_files.items()}
+    files = cfg.data_files
+    if isinstance(files, str):
+        cfg.data_files = fix(files)
+    elif isinstance(files, list):
+        cfg.data_files = [fix(p) for p in files]
+    elif isinstance(files, dict):
+        cfg.data_files = {k: [fix(p) for p in v] if isinstance(v, list) else fix(v) for k, v in files.items()}
     return cfg
 
 
@@ -319,6 +448,8 @@ def print_summary(console: Console, summary: list[tuple[str, str, float | None]]
     table.add_column("result")
     for name, status, seconds in summary:
         took = f"{seconds:.1f}s" if seconds is not None else "-"
+        if status == "ran":  # a training stage says what it did: trained, resumed, or only saved
+            status = outputs.get(name, {}).get("status", status)
         table.add_row(name, status, took, STAGES[name].describe(outputs.get(name, {})))
     console.print(table)
 
@@ -332,9 +463,9 @@ class Run:
     @property
     def model_dir(self) -> Path:
         """The run's latest finished model: finetune/final if there is one, else train/final."""
-        for final in (self.path / "finetune" / "final", self.path / "train" / "final"):
-            if rundir.is_complete(final):
-                return final
+        latest = rundir.latest_model(self.path)
+        if latest is not None:
+            return latest
         raise RunDirError(f"{self.path} has no finished model (finetune/final or train/final). Run the recipe first.")
 
     def recipe(self) -> Recipe:

@@ -116,6 +116,22 @@ def clean_stale(directory: Path) -> None:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
+MODEL_STAGES = ("finetune", "train")  # a run's finished models, the latest first
+
+
+def is_run(path: Path) -> bool:
+    """An llmforge run directory (its recipe.yaml and at least one stage's folder)."""
+    return (path / "recipe.yaml").is_file() and any((path / d).is_dir() for d in ("data", *MODEL_STAGES))
+
+
+def latest_model(run_dir: Path) -> Path | None:
+    """The run's latest finished model dir: finetune/final if complete, else train/final, else None."""
+    for stage in MODEL_STAGES:
+        if is_complete(run_dir / stage / "final"):
+            return run_dir / stage / "final"
+    return None
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temporary file, fsync, rename)."""
     path = Path(path)

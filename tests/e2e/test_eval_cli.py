@@ -44,21 +44,30 @@ def test_two_models_in_one_table_with_the_difference(run_dir, tmp_path):
     assert done.stdout.count("llmforge eval") == 1  # one table
     for row in ("MMLU ", "MMLU humanities", "MMLU social sciences", "MMLU STEM", "MMLU other", "HellaSwag acc "):
         assert row in done.stdout, row
-    assert "HellaSwag acc_norm" in done.stdout and "validation perplexity" in done.stdout
-    assert "perplexity of letters.txt" in done.stdout and "difference" in done.stdout
+    # each perplexity says what it is measured on
+    assert "HellaSwag acc_norm" in done.stdout and "perplexity on the pretraining validation blocks" in done.stdout
+    assert "perplexity on letters.txt" in done.stdout and "difference" in done.stdout
 
     results = json.loads((out / "results.json").read_text())["models"]
     assert [r["model"] for r in results] == [str(run_dir / "model"), str(run_dir / "train" / "final")]
     base, trained = (r["table"] for r in results)
     assert trained["validation perplexity"] < base["validation perplexity"]  # 4 steps of training help
     difference = trained["validation perplexity"] - base["validation perplexity"]
-    line = next(line for line in done.stdout.splitlines() if "validation perplexity" in line)
+    line = next(line for line in done.stdout.splitlines() if "pretraining validation blocks" in line)
+    tokens = results[0]["n"]["validation perplexity"]
     assert f"{base['validation perplexity']:.2f}" in line and f"{difference:+.2f}" in line
+    assert f"{tokens:,} tokens" in line and tokens == results[1]["n"]["validation perplexity"]
     assert results[0]["lm_eval"]["results"]["hellaswag"]["sample_len"] == 4
+    # n: the questions each benchmark row rests on (--limit 4 per subject, 6 subjects; a category: its subjects)
+    assert results[0]["n"]["MMLU"] == 24 and results[0]["n"]["HellaSwag acc"] == 4
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in done.stdout.splitlines() if "│" in line]
+    assert ["MMLU", "24"] in [row[:2] for row in cells] and ["HellaSwag acc", "4"] in [row[:2] for row in cells]
     markdown = (out / "results.md").read_text()
-    assert markdown.startswith("| metric | model | train/final | difference |")  # the folder they share goes
+    assert markdown.startswith("| metric | n | model | train/final | difference |")  # the folder they share goes
     assert f"- models in {run_dir}" in markdown and "models in" in done.stdout  # into a note, not every column
-    assert f"| validation perplexity | {base['validation perplexity']:.2f} |" in markdown
+    on_blocks = "perplexity on the pretraining validation blocks"
+    assert f"| {on_blocks} | {tokens:,} tokens | {base['validation perplexity']:.2f} |" in markdown
+    assert "| MMLU | 24 |" in markdown and "| HellaSwag acc | 4 |" in markdown
     assert (out / "tasks" / "hellaswag" / "hellaswag.yaml").is_file()
 
 

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from test_noise import NOISE, TQDM_LINE
+
 from conftest import REPO
 
 # Small overrides that keep every stage but train for a few steps only.
@@ -22,6 +24,16 @@ FEWER_STEPS = [
     "finetune.max_steps=10", "finetune.eval_every=5", "finetune.save_every=5", "finetune.log_every=5",
 ]  # fmt: skip
 VIEWERS = ("xdg-open", "open")
+FOREIGN = re.compile(r"Warning:|\[transformers\]|\[datasets\]|warnings\.warn|Traceback")  # a library speaking
+
+
+def foreign_lines(output: str) -> list[str]:
+    """Lines of a command's output that are not llmforge's own: library warnings, known noise, tqdm bars."""
+    return [
+        line
+        for line in output.splitlines()
+        if FOREIGN.search(line) or TQDM_LINE.search(line) or any(message in line for message in NOISE)
+    ]
 
 
 def bash_blocks(readme: str) -> list[list[str]]:
@@ -97,6 +109,7 @@ def test_readme_first_hour_commands_run(tmp_path):
         )
         timings.append((cmd, time.perf_counter() - started))
         assert done.returncode == 0, f"{cmd}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert foreign_lines(done.stdout + done.stderr) == [], f"{cmd} printed lines that are not llmforge's"
         if words[:2] == ["llmforge", "run"]:
             assert "llmforge run" in done.stdout  # the summary table
             assert (work / "runs/first/loss.png").exists() and (work / "runs/first/data/lengths.png").exists()

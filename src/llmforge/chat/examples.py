@@ -10,7 +10,9 @@ to a row with positions and attention kept per example.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +108,10 @@ def load_rows(cfg: FinetuneConfig, plugins: Plugins) -> datasets.Dataset:
     load = plugins.data_source(cfg.source).load
     try:
         rows = load(source_config(cfg))
-    except DataError as exc:
-        raise DataError(f"finetune data: {exc} (in a finetune block the keys have the same names)") from exc
+    except DataError as exc:  # a source names its keys as data.*: here they are the finetune block's
+        keys = {f.name for f in dataclasses.fields(DataConfig)} & {f.name for f in dataclasses.fields(FinetuneConfig)}
+        message = re.sub(r"\bdata\.(\w+)", lambda m: f"finetune.{m[1]}" if m[1] in keys else m[0], str(exc))
+        raise DataError(f"finetune data: {message}") from exc
     if isinstance(rows, datasets.IterableDataset):
         stream = rows.take(cfg.max_examples) if cfg.max_examples else rows
         rows = datasets.Dataset.from_list(list(stream))

@@ -138,6 +138,12 @@ class TrainConfig:
     keep_last: int = _f(2, "Checkpoints to keep.")
     log_every: int = _f(10, "Log loss, learning rate and tokens/s every N steps.")
     early_stopping: int | None = _f(None, "Stop after this many evaluations without a lower validation loss.")
+    final_model: Literal["best", "last"] = _f(
+        "best",
+        "With eval_every: the model saved as final is the evaluated checkpoint with the lowest validation loss "
+        "(best; checkpoints are then saved at each evaluation unless save_every says otherwise) or the last step's "
+        "(last). The summary names the step it came from.",
+    )
     seed: int = _f(1234, "Seed for initialisation, data order and dropout.")
     torch_compile: bool = _f(False, "Compile the model with torch.compile (pays off on long runs).")
     document_aware: bool = _f(True, "Packed documents do not attend to each other.")

@@ -15,6 +15,8 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -45,6 +47,11 @@ def lm_eval_tasks_dir() -> Path:
     import lm_eval.tasks
 
     return Path(lm_eval.tasks.__file__).parent
+
+
+# What each perplexity row is measured on, said in the table ("perplexity on ...").
+ON_PRETRAINING = "the pretraining validation blocks"
+ON_FINETUNE = "the fine-tune validation examples' loss-carrying tokens"
 
 
 # --- evaluate -----------------------------------------------------------------------------------------
@@ -80,8 +87,10 @@ def evaluate(
     `workdir` keeps the generated lm-eval task folders (a temporary folder when None).
 
     The result holds `table` (label -> value: MMLU and its categories, HellaSwag acc/acc_norm,
-    perplexities), `perplexity`, `benchmarks` (where each one's data came from) and `lm_eval`
-    (lm-eval's full output).
+    perplexities), `n` (label -> what the value rests on: the questions a benchmark row scored, summed
+    over a group's subtasks, or the tokens a perplexity predicted), `measured_on` (perplexity label ->
+    the text it was measured on), `perplexity`, `benchmarks` (where each one's data came from) and
+    `lm_eval` (lm-eval's full output).
     """
     _check_args(limit, num_fewshot, batch_size)
     if text is not None and not Path(text).is_file():
@@ -104,6 +113,8 @@ def evaluate(
         result: dict[str, Any] = {
             "model": label,
             "table": {},
+            "n": {},
+            "measured_on": {},
             "benchmarks": {n: {"tasks": t.tasks, "source": t.source} for n, t in tasksets.items()},
             "perplexity": {},
             "seconds": {},
@@ -117,20 +128,24 @@ def evaluate(
             result["seconds"]["benchmarks"] = round(time.perf_counter() - started, 2)
             for name, bench in benchmarks.items():
                 result["table"].update(benchmark_rows(bench, tasksets[name], output))
+                result["n"].update(benchmark_counts(bench, tasksets[name], output))
             result["lm_eval"] = output
         started = time.perf_counter()
+        measured: list[tuple[str, str, str, dict[str, Any]]] = []  # (perplexity key, table row, measured on, result)
         if perplexity and blocks is not None:
             ppl = _perplexity(model, blocks, batch_size, _eos_id(model, tok), document_aware)
-            result["perplexity"]["validation"] = ppl
-            result["table"]["validation perplexity"] = ppl["perplexity"]
+            measured.append(("validation", "validation perplexity", ON_PRETRAINING, ppl))
         if perplexity and examples is not None:
             ppl = _example_perplexity(model, examples, tok, batch_size, document_aware)
-            result["perplexity"]["finetune validation"] = ppl
-            result["table"]["finetune validation perplexity"] = ppl["perplexity"]
+            measured.append(("finetune validation", "finetune validation perplexity", ON_FINETUNE, ppl))
         if text is not None:
             ppl = text_perplexity(model, tok, text, batch_size)
-            result["perplexity"]["text"] = ppl
-            result["table"][f"perplexity of {Path(text).name}"] = ppl["perplexity"]
+            measured.append(("text", f"perplexity of {Path(text).name}", Path(text).name, ppl))
+        for key, row, on, ppl in measured:
+            result["perplexity"][key] = {**ppl, "measured_on": on}
+            result["table"][row] = ppl["perplexity"]
+            result["n"][row] = ppl["tokens"]
+            result["measured_on"][row] = on
         if result["perplexity"]:
             result["seconds"]["perplexity"] = round(time.perf_counter() - started, 2)
     return result
@@ -192,19 +207,51 @@ def run_lm_eval(
 
 def benchmark_rows(bench: Benchmark, taskset: TaskSet, output: dict[str, Any]) -> dict[str, float | None]:
     """The benchmark's table rows, read from lm-eval's results (None where a row has no result)."""
-    results = {**output.get("results", {}), **output.get("groups", {})}
-    rows = bench.rows or [
+    results = _lm_eval_results(output)
+    table = {}
+    for label, task, metric in _rows(bench, taskset, results):
+        key = metric if "," in metric else f"{metric},none"
+        value = results.get(task, {}).get(key)
+        table[label] = float(value) if isinstance(value, (int, float)) else None
+    return table
+
+
+def benchmark_counts(bench: Benchmark, taskset: TaskSet, output: dict[str, Any]) -> dict[str, int | None]:
+    """How many questions each of the benchmark's rows rests on (a group's: its subtasks' summed; None
+    where a row has no result)."""
+    results = _lm_eval_results(output)
+    values = benchmark_rows(bench, taskset, output)
+    return {
+        label: sample_count(task, output) if values.get(label) is not None else None
+        for label, task, _ in _rows(bench, taskset, results)
+    }
+
+
+def sample_count(task: str, output: dict[str, Any], seen: frozenset[str] = frozenset()) -> int | None:
+    """The examples lm-eval scored for a task (after --limit), or for a group the sum over its subtasks."""
+    counts = output.get("n-samples", {})
+    if isinstance(counts.get(task), dict) and isinstance(counts[task].get("effective"), int):
+        return counts[task]["effective"]
+    subtasks = [t for t in output.get("group_subtasks", {}).get(task, []) if t not in seen and t != task]
+    parts = [sample_count(t, output, seen | {task}) for t in subtasks]
+    if any(p is not None for p in parts):
+        return sum(p for p in parts if p is not None)
+    length = _lm_eval_results(output).get(task, {}).get("sample_len")
+    return length if isinstance(length, int) else None
+
+
+def _lm_eval_results(output: dict[str, Any]) -> dict[str, Any]:
+    return {**output.get("results", {}), **output.get("groups", {})}
+
+
+def _rows(bench: Benchmark, taskset: TaskSet, results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(label, task, metric) of each row: the plugin's, else every metric of each of its tasks."""
+    return list(bench.rows) or [
         (f"{task} {key.split(',')[0]}", task, key)
         for task in taskset.tasks
         for key, value in results.get(task, {}).items()
         if "," in key and "_stderr" not in key and isinstance(value, (int, float))
     ]
-    table = {}
-    for label, task, metric in rows:
-        key = metric if "," in metric else f"{metric},none"
-        value = results.get(task, {}).get(key)
-        table[label] = float(value) if isinstance(value, (int, float)) else None
-    return table
 
 
 # --- perplexity -----------------------------------------------------------------------------------------
@@ -276,18 +323,17 @@ def locate(path: str | Path) -> tuple[Path, Path | None]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"'{p}' does not exist. Pass an HF model dir or an llmforge run dir.")
-    if _is_run(p):
-        for stage in ("finetune", "train"):
-            if rundir.is_complete(p / stage / "final"):
-                return p / stage / "final", p
-        raise RunDirError(f"{p} is an llmforge run without a finished model (train/final). Run the recipe first.")
-    if p.name in ("train", "finetune") and _is_run(p.parent) and (p / "final").is_dir():
+    if rundir.is_run(p):
+        latest = rundir.latest_model(p)
+        if latest is None:
+            raise RunDirError(
+                f"{p} is an llmforge run without a finished model (finetune/final or train/final). "
+                "Run the recipe first."
+            )
+        return latest, p
+    if p.name in rundir.MODEL_STAGES and rundir.is_run(p.parent) and (p / "final").is_dir():
         return p / "final", p.parent
-    return p, next((a for a in list(p.resolve().parents)[:3] if _is_run(a)), None)
-
-
-def _is_run(p: Path) -> bool:
-    return (p / "recipe.yaml").is_file() and (p / "data").is_dir()
+    return p, next((a for a in list(p.resolve().parents)[:3] if rundir.is_run(a)), None)
 
 
 def _load(model_dir: Path, tokenizer: Any) -> tuple[Any, Any]:
@@ -324,20 +370,38 @@ def _run_validation(run_dir: Path) -> tuple[Any, bool]:
 
 
 def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison table: one column per model, a difference column for two."""
+    """Header and rows of the comparison table: what each row is, what it rests on (n: questions, or the
+    tokens a perplexity predicted), one column per model, a difference column for two."""
     labels = list(dict.fromkeys(label for r in results for label in r["table"]))
-    header = ["metric", *column_names([r["model"] for r in results])]
+    header = ["metric", "n", *column_names([r["model"] for r in results])]
     if len(results) == 2:
         header.append("difference")
     rows = []
     for label in labels:
         values = [r["table"].get(label) for r in results]
-        row = [label, *(_fmt(label, v) for v in values)]
+        row = [row_name(label, results), row_count(label, results), *(_fmt(label, v) for v in values)]
         if len(results) == 2:
             a, b = values
             row.append(_fmt(label, b - a, signed=True) if a is not None and b is not None else "-")
         rows.append(row)
     return header, rows
+
+
+def row_name(label: str, results: list[dict[str, Any]]) -> str:
+    """A perplexity row says what it is measured on; a benchmark row is its label."""
+    on = next((r["measured_on"][label] for r in results if label in r.get("measured_on", {})), None)
+    return f"perplexity on {on}" if on else label
+
+
+def row_count(label: str, results: list[dict[str, Any]]) -> str:
+    """The n of a row: one number when every model's rests on the same count, else each model's."""
+    counts = [r.get("n", {}).get(label) for r in results]
+    if all(c is None for c in counts):
+        return "-"
+    unit = " tokens" if any(label in r.get("measured_on", {}) for r in results) else ""
+    if len(set(counts)) == 1:
+        return f"{counts[0]:,}{unit}"
+    return " / ".join("-" if c is None else f"{c:,}" for c in counts) + unit
 
 
 def column_names(models: list[str]) -> list[str]:
@@ -449,19 +513,72 @@ def _workdir(workdir: str | Path | None) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _quiet_lm_eval() -> Iterator[None]:
-    """lm-eval logs every task override and a warning for in-memory models, and transformers warns about
-    prompts that lm-eval truncates on purpose: keep errors only."""
+    """lm-eval inside llmforge's output: errors only, no progress bars, no git error.
+
+    lm-eval logs every task override and a warning for in-memory models, and transformers warns about
+    prompts that lm-eval truncates on purpose: both keep errors only. lm-eval draws tqdm bars (one per
+    task while it builds the prompts, then per request kind) that would land inside rich's output: its
+    modules get a tqdm that draws nothing. It records the git commit of the working directory by running
+    `git describe`, whose "fatal: not a git repository" goes straight to the terminal outside a checkout:
+    the same commit is read with git's error captured. All of it is undone on the way out.
+    """
+    import lm_eval.evaluator
     from transformers.utils import logging as hf_logging
 
     logger = logging.getLogger("lm_eval")
     level, hf_level = logger.level, hf_logging.get_verbosity()
     logger.setLevel(max(level, logging.ERROR))
     hf_logging.set_verbosity(max(hf_level, hf_logging.ERROR))
+    swaps: list[tuple[Any, str, Any]] = [(module, "tqdm", _silent_tqdm) for module in _lm_eval_modules_with_tqdm()]
+    if hasattr(lm_eval.evaluator, "get_git_commit_hash"):
+        swaps.append((lm_eval.evaluator, "get_git_commit_hash", _git_commit_quietly))
+    originals = [getattr(module, name) for module, name, _ in swaps]
+    for module, name, replacement in swaps:
+        setattr(module, name, replacement)
     try:
         yield
     finally:
+        for (module, name, _), original in zip(swaps, originals, strict=True):
+            setattr(module, name, original)
         logger.setLevel(level)
         hf_logging.set_verbosity(hf_level)
+
+
+def _lm_eval_modules_with_tqdm() -> list[Any]:
+    """lm-eval's loaded modules that draw progress with a module-level `tqdm` (task, model, metrics)."""
+    import tqdm
+
+    return [
+        module
+        for name, module in list(sys.modules.items())
+        if (name == "lm_eval" or name.startswith("lm_eval."))
+        and isinstance(getattr(module, "tqdm", None), type)
+        and issubclass(module.tqdm, tqdm.tqdm)
+    ]
+
+
+def _silent_tqdm(*args: Any, **kwargs: Any) -> Any:
+    """tqdm as lm-eval calls it, counting but drawing nothing (whatever `disable` the caller passed)."""
+    import tqdm
+
+    return tqdm.tqdm(*args, **{**kwargs, "disable": True})
+
+
+def _git_commit_quietly() -> str | None:
+    """What lm-eval records as `git_hash`: `git describe --always` in the working directory, its error
+    captured; else the commit read from a .git folder there, as lm-eval does without git; else None."""
+    try:
+        done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        done = None
+    if done is not None and done.returncode == 0 and done.stdout.strip():
+        return done.stdout.strip()
+    try:
+        from lm_eval.loggers.utils import get_commit_from_path
+
+        return get_commit_from_path(os.getcwd())
+    except Exception:  # a folder that is not a checkout, or an lm-eval without the helper
+        return None
 
 
 def _raised_in(exc: BaseException, function: str) -> bool:

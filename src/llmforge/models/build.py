@@ -29,7 +29,7 @@ from llmforge.models.families import (
     needs_preset,
     translate,
 )
-from llmforge.models.loading import max_positions
+from llmforge.models.loading import causal_lm_loss, max_positions
 from llmforge.plugin.manager import get_plugins
 
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022: compute-optimal training tokens per parameter
@@ -50,7 +50,7 @@ def build_model(cfg: ModelConfig, tok: Any, seed: int, console: Console | None =
         )
     transformers.set_seed(seed)
     try:
-        return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+        return causal_lm_loss(AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation))
     except (ValueError, ImportError) as exc:
         raise ConfigError(
             f"transformers cannot build model.arch '{cfg.arch}' as configured: {first_line(exc)}"
@@ -86,7 +86,7 @@ def load_pretrained_model(cfg: ModelConfig, tok: Any, console: Console) -> torch
     if len(tok) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tok))
     _set_special_ids(model.config, tok)
-    return model
+    return causal_lm_loss(model)
 
 
 def family_config(cfg: ModelConfig, tok: Any) -> PretrainedConfig:

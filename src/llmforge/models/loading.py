@@ -1,4 +1,5 @@
-"""Loading a finished model dir (or a LoRA adapter dir onto its base), and how many positions a model has."""
+"""Loading a finished model dir (or a LoRA adapter dir onto its base), how many positions a model has, and
+the loss a causal LM's forward computes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ def load_model_dir(model_dir: str | Path) -> tuple[Any, Any]:
     path = Path(model_dir)
     adapter = is_adapter_dir(path)
     if not (path / "config.json").is_file() and not adapter:
-        raise ConfigError(f"'{path}' is not a model directory (no config.json). Pass a run's train/final dir.")
+        raise ConfigError(
+            f"'{path}' is not a model directory (no config.json). Pass a model dir such as a run's finetune/final "
+            "or train/final, or the run dir itself."
+        )
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
         model = load_adapter_model(path, tok) if adapter else AutoModelForCausalLM.from_pretrained(str(path))
@@ -27,7 +31,22 @@ def load_model_dir(model_dir: str | Path) -> tuple[Any, Any]:
             "The directory is incomplete or damaged: save or copy it again."
         ) from exc
     model.eval()
+    causal_lm_loss(model)
     return model, tok
+
+
+def causal_lm_loss(model: Any) -> Any:
+    """Name the causal-LM loss on a model whose class name names none (GPT-2's `GPT2LMHeadModel`).
+
+    transformers picks a model's loss by matching its class name against its loss table; a name that
+    matches nothing (`...LMHeadModel`) gets the causal-LM loss anyway, with a warning on the first forward
+    with labels. llmforge only builds causal LMs, so it names that same loss: the numbers do not change,
+    the warning is not raised. A loss the class name did pick is kept. Returns the model.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's own model
+    if hasattr(base, "loss_type") and base.loss_type is None:
+        base.loss_type = "ForCausalLM"
+    return model
 
 
 def max_positions(config: Any) -> int | None:

@@ -104,6 +104,8 @@ class Plugins:
                 f"Plugin '{name}' (package {package} {version}, module {target}) failed to import: "
                 f"{type(exc).__name__}: {exc}. Fix or uninstall it (pip uninstall {package})."
             ) from exc
+        if self.pm.is_registered(obj):  # listed in a recipe's plugins: and installed as an entry point too
+            return
         try:
             self.pm.register(obj, name=name)
         except Exception as exc:

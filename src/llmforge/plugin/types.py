@@ -30,12 +30,17 @@ class DataSource:
 
     `packed(config, context_length) -> (DatasetDict of blocks, stats)` marks a source whose rows are
     already tokenized and packed (the token store): the blocks artefact then comes from it as it is.
+
+    `suffixes` are the file-name endings the source reads, lower case with the dot (`(".csv", ".tsv")`);
+    the core reads them to recognise a data file given where a recipe goes (`llmforge run rows.csv`) and
+    to name the source in the recipe it suggests. Empty for a source that reads no files of its own.
     """
 
     load: Callable[..., Any]
     inputs: Callable[[Any], list[Path]] | None = None
     packed: Callable[[Any, int], tuple[Any, dict[str, Any]]] | None = None
     description: str = ""
+    suffixes: tuple[str, ...] = ()
 
 
 # --- chat: formats, templates, loss masks ---------------------------------------------------------

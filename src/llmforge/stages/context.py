@@ -27,6 +27,13 @@ class Context:
     fingerprints: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)  # this process's models and datasets, by stage
+    restart: frozenset[str] = frozenset()  # stages to redo from scratch (`--restart STAGE`)
+    resume: bool = False  # training stages go on from their last checkpoint whatever changed (`--resume`)
+    discard: bool = False  # a stage trained afresh deletes the earlier run instead of keeping it aside
+
+    def rerun(self, stage: str) -> str:
+        """What a training stage does with the checkpoints it finds (llmforge.training.reruns.Mode)."""
+        return "restart" if stage in self.restart else "resume" if self.resume else "auto"
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)

@@ -19,7 +19,7 @@ import datasets
 from llmforge import rundir
 from llmforge.config.schema import EvaluateConfig
 from llmforge.errors import ConfigError
-from llmforge.eval.harness import evaluate, markdown, rich_table
+from llmforge.eval.harness import evaluate, markdown, rich_table, row_name
 from llmforge.models.loading import load_model_dir
 from llmforge.stages.context import Context
 
@@ -34,7 +34,7 @@ def enabled(recipe: Any) -> bool:
 def describe(out: dict[str, Any]) -> str:
     """The headline numbers: MMLU overall, HellaSwag acc_norm, perplexity (categories stay in the table)."""
     shown = [
-        f"{label} {value:.2f}" if "perplexity" in label else f"{label} {value:.3f}"
+        f"{row_name(label, [out])} {value:.2f}" if "perplexity" in label else f"{label} {value:.3f}"
         for label, value in (out.get("table") or {}).items()
         if value is not None and not label.startswith("MMLU ") and label != "HellaSwag acc"
     ]
@@ -97,7 +97,7 @@ def run(ctx: Context) -> dict[str, Any]:
         results["model_dir"] = str(model_dir)
         rundir.write_json(tmp / "results.json", results)
         rundir.write_text(tmp / "results.md", markdown([results], ctx.path(ARTEFACT, "tasks")))
-        info.update(model=results["model"], table=results["table"])
+        info.update(model=results["model"], table=results["table"], measured_on=results.get("measured_on", {}))
     ctx.console.print(rich_table([results], title=f"evaluation of {stage}/final"))
     return info
 

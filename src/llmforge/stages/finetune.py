@@ -34,8 +34,10 @@ from llmforge.errors import ConfigError
 from llmforge.models.lora import apply_lora, check_targets, parameter_counts, quiet_peft
 from llmforge.stages.context import Context
 from llmforge.training.arguments import validate
+from llmforge.training.checkpoints import best_step
 from llmforge.training.distributed import distributed_state
 from llmforge.training.loop import TrainingJob, fit
+from llmforge.training.reruns import settings
 
 ARTEFACT = "finetune/final"
 EXAMPLES = "finetune/data"
@@ -55,14 +57,14 @@ def describe(out: dict[str, Any]) -> str:
         return ""
     how = f"LoRA r={out['lora_r']}{' merged' if out.get('merged') else ' adapter'}" if out.get("lora_r") else "full"
     return (
-        f"val loss {out['val_loss']:.3f} on {out['validation_examples']} examples; {how}, "
+        f"val loss {out['val_loss']:.3f} on {out['validation_examples']} examples{best_step(out)}; {how}, "
         f"{out['trainable_parameters'] / out['total_parameters']:.1%} of weights trained; "
         f"loss on {out['loss_share']:.0%} of tokens"
     )
 
 
 def fingerprint(ctx: Context) -> str:
-    return rundir.fingerprint("finetune", dataclasses.asdict(ctx.recipe.finetune), compat_fingerprint(ctx))
+    return rundir.fingerprint("finetune", settings(ctx.recipe.finetune), compat_fingerprint(ctx))
 
 
 def compat_fingerprint(ctx: Context) -> str:
@@ -136,6 +138,8 @@ def run(ctx: Context) -> dict[str, Any]:
         final_model=(lambda model: model.merge_and_unload()) if merge else None,
         stop_ids=list(dict.fromkeys(i for i in (installed.end_of_turn_id, tok.eos_token_id) if i is not None)),
         quiet=quiet_peft,
+        rerun=ctx.rerun("finetune"),
+        discard=ctx.discard,
         oom_hint="finetune.max_length" if cfg.packing else "finetune.max_length or the longest examples",
         outputs={
             "train_examples": stats["train"]["examples"],

@@ -20,7 +20,9 @@ from llmforge.data.streaming import StreamingBlocks, load_state
 from llmforge.errors import ConfigError
 from llmforge.stages.context import Context
 from llmforge.training.arguments import validate
+from llmforge.training.checkpoints import best_step
 from llmforge.training.loop import TrainingJob, fit
+from llmforge.training.reruns import settings
 
 ARTEFACT = "train/final"
 
@@ -35,12 +37,12 @@ def describe(out: dict[str, Any]) -> str:
     tps = out.get("tokens_per_second")
     return (
         f"val loss {out['val_loss']:.3f}, perplexity {out['val_perplexity']:.1f} "
-        f"(unigram {out['unigram_perplexity']:.1f})" + (f"; {tps:,.0f} tok/s" if tps else "")
+        f"(unigram {out['unigram_perplexity']:.1f})" + best_step(out) + (f"; {tps:,.0f} tok/s" if tps else "")
     )
 
 
 def fingerprint(ctx: Context) -> str:
-    return rundir.fingerprint("train", vars(ctx.recipe.train), compat_fingerprint(ctx))
+    return rundir.fingerprint("train", settings(ctx.recipe.train), compat_fingerprint(ctx))
 
 
 def compat_fingerprint(ctx: Context) -> str:
@@ -86,6 +88,8 @@ def run(ctx: Context) -> dict[str, Any]:
         document_guard=cfg.document_aware,
         width=model_cfg.n_embd,
         streaming=streaming,
+        rerun=ctx.rerun("train"),
+        discard=ctx.discard,
         outputs={
             "unigram_perplexity": ctx.outputs["blocks"]["validation"]["unigram_perplexity"],
             "document_aware": cfg.document_aware,

@@ -1,7 +1,8 @@
 """Text generation from a finished model dir: greedy or sampled, plain or chat, from Python and the CLI.
 
-Sampling is the default: greedy decoding makes small models repeat themselves. `chat` renders the
-saved chat template with a generation prompt and stops at the model's end-of-turn token.
+Sampling is the default: greedy decoding makes small models repeat themselves. `greedy=True`, or a
+temperature of 0 as in most tools, decodes greedily. `chat` renders the saved chat template with a
+generation prompt and stops at the model's end-of-turn token.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def generate(
     greedy: bool = False,
     seed: int | None = None,
 ) -> str:
-    """The prompt's continuation (without the prompt)."""
+    """The prompt's continuation (without the prompt); `temperature=0` is greedy decoding."""
     new = _generate_ids(
         model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, greedy, seed
     )
@@ -92,8 +93,9 @@ def _generate_ids(
     """The ids generated after `prompt` (the prompt is tokenized without adding special tokens)."""
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-    if not greedy and temperature <= 0:
-        raise ConfigError(f"temperature must be positive for sampling, got {temperature} (or use greedy).")
+    if not greedy and temperature < 0:
+        raise ConfigError(f"temperature must be positive to sample, or 0 for greedy decoding; got {temperature}.")
+    greedy = greedy or temperature == 0  # the limit of sampling as the temperature falls: the likeliest token
     if seed is not None:
         torch.manual_seed(seed)
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)

@@ -35,6 +35,12 @@ def validate(cfg: TrainConfig, where: str = "train") -> None:
         )
 
 
+def keeps_best(cfg: TrainConfig) -> bool:
+    """The final model is the best evaluated checkpoint (validation runs and the recipe did not ask for the
+    last): a checkpoint is then saved at every evaluation too (LlmforgeCallback), so the best one exists."""
+    return cfg.eval_every is not None and (cfg.final_model == "best" or bool(cfg.early_stopping))
+
+
 def planned_steps(cfg: TrainConfig, n_blocks: int, world: int) -> int:
     if cfg.max_steps:
         return cfg.max_steps
@@ -71,7 +77,8 @@ def _cpu_has_bf16() -> bool:
 def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int, width: int | None = None) -> TrainingArguments:
     warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
     evaluate = cfg.eval_every is not None
-    save_every = cfg.save_every or (cfg.eval_every if cfg.early_stopping else None)
+    best = keeps_best(cfg)
+    save_every = cfg.save_every or (cfg.eval_every if best else None)
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=steps,
@@ -93,9 +100,9 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int, width: in
         save_strategy="steps" if save_every else "no",
         save_steps=save_every,
         save_total_limit=None,  # LlmforgeCallback rotates, counting complete checkpoints only
-        load_best_model_at_end=bool(cfg.early_stopping),
-        metric_for_best_model="eval_loss" if cfg.early_stopping else None,
-        greater_is_better=False if cfg.early_stopping else None,
+        load_best_model_at_end=bool(cfg.early_stopping),  # EarlyStoppingCallback needs it; else the loop loads the best
+        metric_for_best_model="eval_loss" if best else None,
+        greater_is_better=False if best else None,
         seed=cfg.seed,
         torch_compile=cfg.torch_compile,
         report_to=[r for r in cfg.report_to if r != "none"] or "none",

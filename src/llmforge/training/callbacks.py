@@ -53,6 +53,8 @@ class LlmforgeCallback(TrainerCallback):
         divergence_factor: float | None = None,
         stream: Any = None,
         blocks_per_step: int = 0,
+        checkpoint_info: dict[str, Any] | None = None,
+        save_at_evaluations: bool = False,
     ) -> None:
         self.stage = stage
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -70,6 +72,8 @@ class LlmforgeCallback(TrainerCallback):
         self.best_loss = math.inf
         self.stream = stream  # a StreamingBlocks: its position goes into every checkpoint
         self.blocks_per_step = blocks_per_step
+        self.checkpoint_info = checkpoint_info or {}  # the settings a checkpoint was made with (reruns)
+        self.save_at_evaluations = save_at_evaluations  # the best evaluated checkpoint can become the final model
 
     # progress ------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
@@ -91,10 +95,17 @@ class LlmforgeCallback(TrainerCallback):
         self.progress.start()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        if self.save_at_evaluations and control.should_evaluate:  # set by Trainer's flow callback, called first
+            control.should_save = True
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the progress bar (also when training ends by an exception or Ctrl-C: the next line is
+        then printed on a line of its own, not glued to the bar)."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
@@ -179,7 +190,8 @@ class LlmforgeCallback(TrainerCallback):
                 f"The {self.stage} weights hold NaN/inf at step {state.global_step}; that checkpoint was discarded "
                 f"and the last complete one kept. {NAN_ADVICE}"
             )
-        rundir.write_manifest(path, self.compat, {"step": state.global_step, "tokens_per_step": self.tokens_per_step})
+        info = {"step": state.global_step, "tokens_per_step": self.tokens_per_step, **self.checkpoint_info}
+        rundir.write_manifest(path, self.compat, info)
         keep = {path}
         if state.best_model_checkpoint:
             keep.add(Path(state.best_model_checkpoint))

@@ -1,17 +1,14 @@
-"""Checkpoints and the final model: which checkpoint to resume, what it logged, the atomic final save."""
+"""Checkpoints and the final model: the checkpoints in a run dir, what they logged, the atomic final save."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from transformers import Trainer
 
 from llmforge import rundir
-from llmforge.errors import RunDirError
 
 
 def checkpoints(directory: Path) -> list[Path]:
@@ -24,24 +21,6 @@ def checkpoints(directory: Path) -> list[Path]:
 
 def complete_checkpoints(directory: Path, compat: str | None = None) -> list[Path]:
     return [p for p in checkpoints(directory) if rundir.is_complete(p, compat)]
-
-
-def resume_point(ckpt_dir: Path, compat: str, console: Console) -> tuple[Path, int] | None:
-    """The latest complete checkpoint; incomplete ones (a kill during a save) are removed."""
-    for path in checkpoints(ckpt_dir):
-        if rundir.read_manifest(path) is None:
-            console.print(f"  removing incomplete {path.name} (interrupted while saving)")
-            shutil.rmtree(path, ignore_errors=True)
-    rundir.clean_stale(ckpt_dir)
-    done = complete_checkpoints(ckpt_dir)
-    if not done:
-        return None
-    if not rundir.is_complete(done[-1], compat):
-        raise RunDirError(
-            f"{ckpt_dir} holds checkpoints of a different model, tokenizer or data than this recipe, so "
-            "training cannot resume from them. Use another --out, or delete that directory to start over."
-        )
-    return done[-1], int(done[-1].name.split("-")[1])
 
 
 def logged(metrics: Path, stage: str, key: str, step: int, whole_row: bool = False) -> Any:
@@ -58,11 +37,17 @@ def logged(metrics: Path, stage: str, key: str, step: int, whole_row: bool = Fal
     return found
 
 
-def last_evaluation(trainer: Trainer) -> dict[str, float] | None:
+def best_step(outputs: dict[str, Any]) -> str:
+    """` (best of 500 steps: step 100)` for a summary line, when the final model is not the last step's."""
+    best, steps = outputs.get("best_step"), outputs.get("steps")
+    return f" (best of {steps} steps: step {best})" if best is not None and best != steps else ""
+
+
+def last_evaluation(trainer: Trainer, best_kept: bool = False) -> dict[str, float] | None:
     """The evaluation of the model training ended with, if one was logged (no need to evaluate twice).
 
-    With early stopping that is the best checkpoint's (load_best_model_at_end), else the final step's."""
-    best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    When the best evaluated checkpoint is kept (`best_kept`) that is its evaluation, else the final step's."""
+    best = trainer.state.best_model_checkpoint if best_kept else None
     if best is not None:
         step = int(Path(best).name.split("-")[-1])
         for entry in trainer.state.log_history:

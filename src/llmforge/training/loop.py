@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import json
 import math
 import time
 from collections.abc import Callable
@@ -33,10 +34,11 @@ from llmforge.models.attention import document_attention
 from llmforge.models.lora import parameter_counts
 from llmforge.plugin.manager import Plugins
 from llmforge.training.allocator import keep_freed_memory
-from llmforge.training.arguments import planned_steps, training_arguments
+from llmforge.training.arguments import keeps_best, planned_steps, training_arguments
 from llmforge.training.callbacks import LlmforgeCallback, truncate_metrics
-from llmforge.training.checkpoints import last_evaluation, logged, resume_point, save_final
-from llmforge.training.distributed import world_size
+from llmforge.training.checkpoints import last_evaluation, logged, save_final
+from llmforge.training.distributed import distributed_state, world_size
+from llmforge.training.reruns import ApplySettings, Mode, Start, settings, start_point
 from llmforge.training.trainer import LlmforgeTrainer, fused_loss_supported
 
 
@@ -67,6 +69,8 @@ class TrainingJob:
     quiet: Callable[[], Any] = contextlib.nullcontext  # warnings of a library this stage has already said
     outputs: dict[str, Any] = dataclasses.field(default_factory=dict)  # the stage's own facts, saved too
     oom_hint: str = "model.context_length"  # what to shorten when even one row does not fit
+    rerun: Mode = "auto"  # what a changed setting does to the checkpoints found (llmforge.training.reruns)
+    discard: bool = False  # a run trained afresh deletes the earlier one instead of keeping it aside
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
@@ -81,6 +85,7 @@ def fit(job: TrainingJob) -> tuple[dict[str, Any], Any]:
         try:
             return _fit_once(job, attempt)
         except torch.OutOfMemoryError as exc:
+            job = dataclasses.replace(job, rerun="auto")  # a retry goes on from this attempt's checkpoints
             where = job.stage
             if not cfg.auto_batch_size or attempt.batch_size == 1:
                 raise TrainingError(
@@ -105,15 +110,18 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     if cfg.keep_freed_memory and not torch.cuda.is_available():
         keep_freed_memory()
     ckpt_dir = job.path(job.stage, "checkpoints")
-    resume = resume_point(ckpt_dir, job.compat, job.console)
+    world = world_size()
+    tokens_per_step = round(cfg.batch_size * cfg.grad_accum * world * job.row_tokens)
+    steps = cfg.max_steps if job.streaming else planned_steps(cfg, len(job.train_set), world)
+    current = settings(job.config)  # the recipe's, not an out-of-memory retry's smaller batch
+    dist = distributed_state()  # one process decides (and moves an old run aside); the others then agree
+    with dist.main_process_first() if dist is not None else contextlib.nullcontext():
+        start = start_point(job.stage, job.run_dir, job.compat, current, steps, job.rerun, job.console, job.discard)
+    resume = (start.checkpoint, start.step) if start.resumed else None
     model = job.make_model(cfg)
     trainable, total = parameter_counts(model)
     job.plugins.call("prepare_model", model=model, stage=job.stage, config=cfg)
     guard = DocumentMaskGuard().attach(model) if job.document_guard else None
-
-    world = world_size()
-    tokens_per_step = round(cfg.batch_size * cfg.grad_accum * world * job.row_tokens)
-    steps = cfg.max_steps if job.streaming else planned_steps(cfg, len(job.train_set), world)
     compile_body = cfg.torch_compile and cfg.fused_loss and world == 1 and fused_loss_supported(model)
     if compile_body:  # the fused loss calls the body directly, so compile the body, not the wrapper
         model.base_model.compile()
@@ -137,8 +145,12 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
         divergence_factor=cfg.divergence_factor,
         stream=train_set if job.streaming else None,
         blocks_per_step=cfg.batch_size * cfg.grad_accum,
+        checkpoint_info={"settings": current, "planned_steps": steps},
+        save_at_evaluations=keeps_best(cfg),
     )
     callbacks: list[Any] = [callback]
+    if start.changed:
+        callbacks.append(ApplySettings())
     if cfg.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping))
     trainer = trainer_class(
@@ -156,28 +168,39 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     )
     trainer.remove_callback(PrinterCallback)  # LlmforgeCallback shows progress and logs
     truncate_metrics(job.path("metrics.jsonl"), job.stage, resume[1] if resume else 0)
-    if resume:
+    if resume and not start.changed:
         job.console.print(f"  resuming from {resume[0].name} (step {resume[1]})")
+    if resume:
         _say_batch_change(job.console, resume[0], tokens_per_step)
     job.console.print(f"  {_plan(job, cfg, steps, tokens_per_step, world)}")
     with document_attention(model), job.quiet():
         started = time.perf_counter()
         if resume is not None and resume[1] >= steps and not cfg.early_stopping:
             # Training had finished; only the final save was cut short. Trainer would take one more step.
-            model.load_state_dict(load_file(resume[0] / "model.safetensors"), strict=False)
+            kept = _kept_checkpoint(resume[0], keeps_best(cfg))
+            model.load_state_dict(load_file(kept / "model.safetensors"), strict=False)
             trainer.state.global_step = resume[1]
+            trainer.state.best_model_checkpoint = str(kept) if keeps_best(cfg) else None
+            kept_step = int(kept.name.split("-")[1])
             train_loss = logged(job.path("metrics.jsonl"), job.stage, "train_loss", resume[1])
-            evaluation = logged(job.path("metrics.jsonl"), job.stage, "eval_loss", resume[1], whole_row=True)
+            evaluation = logged(job.path("metrics.jsonl"), job.stage, "eval_loss", kept_step, whole_row=True)
         else:
-            train_loss = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None).training_loss
-            evaluation = last_evaluation(trainer)
+            try:
+                train_loss = trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None).training_loss
+            finally:
+                callback.close()
+            best = trainer.state.best_model_checkpoint if keeps_best(cfg) else None
+            if best is not None and not args.load_best_model_at_end and Path(best).name != f"checkpoint-{steps}":
+                trainer._load_best_model()  # Trainer's own loader (adapters too); early stopping has it call this
+            evaluation = last_evaluation(trainer, keeps_best(cfg))
         wall = time.perf_counter() - started
         if guard is not None:
             guard.remove()
         evaluation = evaluation or trainer.evaluate()
     done_steps = trainer.state.global_step - (resume[1] if resume else 0)
-    best = trainer.state.best_model_checkpoint if args.load_best_model_at_end else None
+    best = trainer.state.best_model_checkpoint if keeps_best(cfg) else None
     outputs = {
+        "status": _status(start, done_steps),
         "steps": trainer.state.global_step,
         "stopped_early": trainer.state.global_step < steps,
         "best_step": int(Path(best).name.split("-")[-1]) if best else None,
@@ -197,6 +220,11 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
         job.console.print(
             f"  the stream continued from its saved position in {1000 * train_set.first_block_seconds:,.0f} ms"
         )
+    if outputs["best_step"] not in (None, outputs["steps"]):
+        job.console.print(
+            f"  final model: step {outputs['best_step']} of {outputs['steps']}, the lowest validation loss "
+            f"({outputs['val_loss']:.4f}; {job.stage}.final_model: last keeps the last step's)"
+        )
     final_model = job.final_model(trainer.model) if job.final_model is not None else trainer.model
     if args.should_save:
         with job.quiet():
@@ -205,15 +233,40 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     return outputs, final_model
 
 
+def _status(start: Start, done_steps: int) -> str:
+    """The stage's word in the summary table: what this run did, never "ran" when no step ran."""
+    if start.resumed and done_steps == 0:
+        return "saved (no step left)"
+    if start.resumed:
+        return f"resumed at {start.step}, +{done_steps} steps"
+    return f"{'trained afresh' if start.set_aside is not None else 'trained'}, {done_steps} steps"
+
+
+def _kept_checkpoint(last: Path, best: bool) -> Path:
+    """The checkpoint whose weights a finished run keeps: the best evaluated one, or the last."""
+    if best:
+        state = last / "trainer_state.json"
+        name = json.loads(state.read_text()).get("best_model_checkpoint") if state.is_file() else None
+        if name and (last.parent / Path(name).name).is_dir():
+            return last.parent / Path(name).name
+    return last
+
+
 def _plan(job: TrainingJob, cfg: TrainConfig, steps: int, tokens_per_step: int, world: int) -> str:
     processes = f" x {world} processes" if world > 1 else ""
     if job.block_length is not None:
         shape = f"{cfg.batch_size} x {cfg.grad_accum} x {job.block_length}{processes}"
-        return f"{steps} steps of {tokens_per_step:,} tokens ({shape})"
-    return (
-        f"{steps} steps of {cfg.batch_size} x {cfg.grad_accum}{processes} {job.rows}, "
-        f"about {tokens_per_step:,} tokens per step"
-    )
+        line = f"{steps} steps of {tokens_per_step:,} tokens ({shape})"
+    else:
+        line = (
+            f"{steps} steps of {cfg.batch_size} x {cfg.grad_accum}{processes} {job.rows}, "
+            f"about {tokens_per_step:,} tokens per step"
+        )
+    if not job.streaming:
+        rows = len(job.train_set)
+        epochs = steps * cfg.batch_size * cfg.grad_accum * world / max(rows, 1)
+        line += f": {epochs:,.1f} epochs over {rows:,} {job.rows}"
+    return line
 
 
 def _say_batch_change(console: Console, checkpoint: Path, tokens_per_step: int) -> None:

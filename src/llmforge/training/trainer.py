@@ -5,6 +5,10 @@
   (`on_nan: skip_batch`). Transformers' default would average the NaN away in the logs and train on.
 * With `fused_loss`, the training loss is computed in chunks without materialising the logits
   (llmforge.training.loss); evaluation keeps the model's own loss, so both paths are checked against each other.
+* On a resume, a weight the checkpoint lacks because it is tied to one it holds (GPT-2's `lm_head`, saved
+  once as the embedding) is not reported; a weight really missing, or one the model does not have, is said
+  in one line. The model's causal-LM loss is named (llmforge.models.loading.causal_lm_loss), so a family
+  whose class name names none does not warn on the first step.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from transformers import PreTrainedModel, Trainer
 
 from llmforge.errors import TrainingError
+from llmforge.models.loading import causal_lm_loss
 from llmforge.training.loss import linear_cross_entropy_sum
 
 NAN_ADVICE = (
@@ -42,6 +47,28 @@ class LlmforgeTrainer(Trainer):
         self.skipped_batches = 0
         self.stage = stage
         self.fused_loss = fused_loss
+        causal_lm_loss(self.model)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """What a checkpoint's weights did not cover, said in llmforge's words (Trainer calls this after
+        loading a checkpoint's state dict on a resume, or the best model at the end)."""
+        missing = untied_missing_keys(self.model, load_result.missing_keys)
+        ignored = getattr(self.model, "_keys_to_ignore_on_save", None)
+        if missing and ignored and set(missing) == set(ignored):  # as Trainer does: saved on purpose without them
+            self.model.tie_weights()
+            missing = []
+        if missing:
+            print(
+                f"  {self.stage}: the checkpoint holds no weights for {_names(missing)}; they keep the values they "
+                "had before it was loaded, so training does not go on from the saved model. Was the checkpoint "
+                "written by another version of this model?"
+            )
+        if load_result.unexpected_keys:
+            extra = _names(load_result.unexpected_keys)
+            print(
+                f"  {self.stage}: the checkpoint holds weights this model does not have ({extra}); they were not "
+                "loaded. Was the checkpoint written by another version of this model?"
+            )
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -70,6 +97,25 @@ class LlmforgeTrainer(Trainer):
             f"{NAN_ADVICE} The last complete checkpoint is kept."
             + (f" ({self.skipped_batches} batches were already skipped.)" if self.skipped_batches else "")
         )
+
+
+def untied_missing_keys(model: torch.nn.Module, missing: Any) -> list[str]:
+    """The missing keys that are not tied to a loaded one: a name whose tensor is the very tensor of another
+    name that was loaded got its values through that name."""
+    missing = list(missing)
+    names: dict[int, list[str]] = {}
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    for name, tensor in tensors:
+        names.setdefault(id(tensor), []).append(name)
+    loaded = {name for group in names.values() for name in group if name not in missing}
+    tied = {name for group in names.values() if any(n in loaded for n in group) for name in group}
+    return [name for name in missing if name not in tied]
+
+
+def _names(keys: Any, shown: int = 5) -> str:
+    keys = list(keys)
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def fused_loss_supported(model: Any) -> bool:
