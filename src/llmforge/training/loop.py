@@ -265,7 +265,7 @@ def _plan(job: TrainingJob, cfg: TrainConfig, steps: int, tokens_per_step: int, 
     if not job.streaming:
         rows = len(job.train_set)
         epochs = steps * cfg.batch_size * cfg.grad_accum * world / max(rows, 1)
-        line += f": {epochs:,.1f} epochs over {rows:,} {job.rows}"
+        line += f": {epochs:.3g} epochs over {rows:,} {job.rows}"
     return line
 
 
