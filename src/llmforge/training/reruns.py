@@ -106,8 +106,9 @@ def start_point(
     done = complete_checkpoints(ckpt_dir)
     final = run_dir / stage / "final"
     if mode == "restart":
+        had = ckpt_dir.exists() or final.exists()
         where = set_aside(run_dir, stage, discard)
-        if where is not None or discard:
+        if had:
             console.print(f"  --restart {stage}: training afresh; {_kept(run_dir, where, 'the earlier run')}")
         return Start(set_aside=where)
     if not done:
