@@ -283,18 +283,18 @@ def test_val_fraction_outside_zero_one_is_a_config_error(corpus_file, tmp_path, 
 
 
 @pytest.mark.parametrize(("n_docs", "fraction"), [(1, 0.5), (1, 0.05), (4, 0.9)])
-def test_split_that_leaves_no_training_document_is_a_config_error(tmp_path, n_docs, fraction):
-    # datasets' train_test_split rounds the test share up, so too few documents (or a val_fraction
-    # close to 1) empty the training split; that must be the stage's ConfigError, not a raw ValueError.
+def test_too_few_documents_for_a_whole_one_hold_out_every_documents_tail(tmp_path, n_docs, fraction):
+    # Before, these emptied the training split (a ConfigError): one document cannot be split by document.
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n\n".join(f"Only document {i} here." for i in range(n_docs)), encoding="utf-8")
+    corpus.write_text("\n\n".join(f"Only document {i} is here, with a few more words." for i in range(n_docs)))
     recipe = recipe_for(
         corpus,
         data_cfg={"source": "text", "path": str(corpus), "documents": "paragraph", "val_fraction": fraction},
     )
-    with pytest.raises(ConfigError, match=r"data\.val_fraction"):
-        run_data_stage(recipe, tmp_path / "r")
-    assert not (tmp_path / "r" / "data" / "documents").exists()
+    stats = run_data_stage(recipe, tmp_path / "r")
+    assert stats["held_out"] == "tails"
+    assert stats["train"]["documents"] == stats["validation"]["documents"] == n_docs
+    assert fraction / 1.5 <= stats["validation_share"] <= fraction * 1.5
 
 
 def test_val_fraction_too_small_for_validation_says_to_raise_it(tmp_path):
@@ -470,3 +470,46 @@ def test_training_documents_keep_the_source_order(tmp_path):
     assert len(docs["validation"]) == 20
     assert docs["train"] == [p for p in paras if p not in docs["validation"]]
     assert docs["validation"] == [p for p in paras if p in docs["validation"]]
+
+
+@pytest.mark.parametrize("n_docs", [1, 6, 10_000])
+def test_the_validation_share_is_what_was_asked_for_few_or_many_documents(tmp_path, corpus_text, n_docs):
+    """Six novels with val_fraction 0.05 used to hold out one novel (20% of the text); one file, none."""
+    text = corpus_text * 3 if n_docs < 10 else corpus_text
+    if n_docs < 10:
+        files = tmp_path / "books"
+        files.mkdir()
+        size = len(text) // n_docs
+        for i in range(n_docs):  # novels of unequal length, as real ones are
+            (files / f"book{i}.txt").write_text(text[i * size : (i + 1) * size - i * size // 10])
+        cfg = {"source": "text", "path": str(files), "documents": "file", "val_fraction": 0.05}
+    else:
+        path = tmp_path / "docs.jsonl"
+        words = text.split()
+        path.write_text("".join(json.dumps({"text": " ".join(words[i % 5000 : i % 5000 + 3 + i % 40])}) + "\n"
+                                for i in range(n_docs)))  # fmt: skip
+        cfg = {"source": "jsonl", "path": str(path), "val_fraction": 0.05}
+    stats = run_data_stage(recipe_for(tmp_path / "unused.txt", data_cfg=cfg), tmp_path / "run")
+    share = stats["validation_share"]
+    assert 0.05 / 1.5 <= share <= 0.05 * 1.5, stats
+    assert stats["held_out"] == ("tails" if n_docs < 10 else "documents")
+    if n_docs < 10:  # every document's tail is validation text, never trained on
+        ds = datasets.load_from_disk(str(tmp_path / "run" / "data" / "documents"))
+        train, val = ds["train"]["text"], ds["validation"]["text"]
+        assert len(train) == len(val) == n_docs
+        books = [(files / f"book{i}.txt").read_text() for i in range(n_docs)]
+        assert sorted(h + t for h, t in zip(train, val, strict=True)) == sorted(books)  # head, then tail
+
+
+def test_cut_tail_keeps_lines_whole():
+    head, tail = documents.cut_tail("one line\ntwo line\nthree line\nfour line\n" * 5, 0.1)
+    assert head.endswith("\n") and head + tail == "one line\ntwo line\nthree line\nfour line\n" * 5
+    assert 0.05 < len(tail) / (len(head) + len(tail)) < 0.2
+
+
+def test_a_seeded_draw_that_misses_the_share_is_replaced_by_documents_that_fit():
+    lengths = np.array([10] * 95 + [1000] * 5, dtype=np.int32)  # a draw of five may catch a giant
+    for seed in range(20):
+        split = documents.held_out(lengths, 0.05, seed)
+        share = lengths[split.documents].sum() / lengths.sum()
+        assert split.how == "documents" and 0.05 / 1.5 <= share <= 0.05 * 1.5

@@ -1,10 +1,12 @@
 """Documents: read a data source's rows, check the text column, split by document into train and validation.
 
 The split is two passes in source order with bounded memory (llmforge.data.arrowio): count the
-non-empty documents, draw `ceil(val_fraction x n)` validation positions with `data.seed`, then write
-each document to its split as it is read. With `data.streaming: true` only the head of the stream is
-read: the first `data.val_documents` rows are the validation documents, the next rows a sample the
-tokenizer is trained on; training reads the stream itself (llmforge.data.streaming).
+non-empty documents and their lengths, choose the validation documents (`held_out`: whole documents
+holding about `val_fraction` of the characters, or, when the documents are too few and large for that,
+the last `val_fraction` of every document), then write each document to its split as it is read.
+With `data.streaming: true` only the head of the stream is read: the first `data.val_documents`
+rows are the validation documents, the next rows a sample the tokenizer is trained on; training reads
+the stream itself (llmforge.data.streaming).
 """
 
 from __future__ import annotations
@@ -113,18 +115,14 @@ def split_documents(source: Source, out: Path, fingerprint: str) -> dict[str, An
         raise ConfigError(f"data.val_fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}.")
     ds = read_documents(source)
     count = DocumentCount()
-    for _ in document_batches(ds, cfg, count):  # first pass: how many documents there are
+    for _ in document_batches(ds, cfg, count):  # first pass: how many documents there are, how long
         pass
-    n_val = math.ceil(cfg.val_fraction * count.kept)  # the held-out share is rounded up
-    if n_val >= count.kept:
-        raise ConfigError(
-            f"data.val_fraction {cfg.val_fraction} of {count.kept} documents leaves no training document. "
-            "Lower data.val_fraction, add data, or split files into paragraphs (data.documents: paragraph)."
-        )
-    held_out = held_out_documents(count.kept, n_val, cfg.seed)
-    stats: dict[str, Any] = {"empty_documents_dropped": count.empty}
+    split = held_out(count.length_array(), cfg.val_fraction, cfg.seed)
+    stats: dict[str, Any] = {"empty_documents_dropped": count.empty, "held_out": split.how}
     with rundir.atomic_dir(out, fingerprint, stats) as tmp:
-        stats.update(_write_splits(ds, cfg, held_out, tmp))
+        stats.update(_write_splits(ds, cfg, split, tmp))
+        chars = stats["train"]["characters"] + stats["validation"]["characters"]
+        stats["validation_share"] = round(stats["validation"]["characters"] / max(chars, 1), 4)
     shutil.rmtree(source.cache_dir, ignore_errors=True)  # documents/ holds the copy now
     return stats
 
@@ -135,6 +133,10 @@ class DocumentCount:
 
     kept: int = 0
     empty: int = 0
+    lengths: list[np.ndarray] = dataclasses.field(default_factory=list)  # characters of each kept document
+
+    def length_array(self) -> np.ndarray:
+        return np.concatenate(self.lengths) if self.lengths else np.zeros(0, dtype=np.int32)
 
 
 def document_batches(ds: datasets.Dataset, cfg: DataConfig, count: DocumentCount | None = None) -> Iterator[list]:
@@ -147,6 +149,7 @@ def document_batches(ds: datasets.Dataset, cfg: DataConfig, count: DocumentCount
         if cfg.max_documents is not None:
             docs = docs[: cfg.max_documents - count.kept]
         count.kept += len(docs)
+        count.lengths.append(np.fromiter(map(len, docs), dtype=np.int32, count=len(docs)))
         yield docs
         if cfg.max_documents is not None and count.kept >= cfg.max_documents:
             break
@@ -162,20 +165,85 @@ def held_out_documents(n: int, n_val: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=n_val, replace=False))
 
 
-def _write_splits(source: datasets.Dataset, cfg: DataConfig, held_out: np.ndarray, out: Path) -> dict[str, Any]:
-    """Second pass: each document to train or validation in source order, written as it is read."""
+SHARE_TOLERANCE = 1.5  # the validation share of the characters stays within this factor of val_fraction
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """The validation part of a corpus: whole documents (their sorted positions), or every document's tail."""
+
+    documents: np.ndarray
+    tail: float = 0.0  # > 0: the last `tail` of each document's characters is validation text
+    how: str = "documents"  # "documents" or "tails", saved in the stats
+
+
+def held_out(lengths: np.ndarray, fraction: float, seed: int) -> HeldOut:
+    """Validation text holding `fraction` of the characters (within SHARE_TOLERANCE).
+
+    Whole documents when they can: first a seeded draw of ceil(fraction x n) documents, as before; if
+    their length misses the share (a few long documents drawn, or none short enough), documents in a
+    seeded order taken while they fit. When no choice of whole documents fits (one file, or six novels
+    with 5% asked: one novel would be 20%), the last `fraction` of every document is held out instead,
+    cut at a line break: held-out text of the same documents, never trained on."""
+    n, total = len(lengths), int(lengths.sum())
+    low, high = fraction * total / SHARE_TOLERANCE, fraction * total * SHARE_TOLERANCE
+
+    def fits(chosen: np.ndarray) -> bool:
+        return 0 < len(chosen) < n and low <= int(lengths[chosen].sum()) <= high
+
+    drawn = held_out_documents(n, min(math.ceil(fraction * n), n), seed)
+    if fits(drawn):
+        return HeldOut(drawn)
+    chosen, size = [], 0
+    for i in np.random.default_rng(seed).permutation(n):
+        if size + lengths[i] <= high:
+            chosen.append(i)
+            size += int(lengths[i])
+            if size >= fraction * total:
+                break
+    picked = np.sort(np.array(chosen, dtype=np.int64))
+    if fits(picked):
+        return HeldOut(picked)
+    return HeldOut(np.zeros(0, dtype=np.int64), tail=fraction, how="tails")
+
+
+def cut_tail(text: str, fraction: float) -> tuple[str, str]:
+    """(head, tail) of a document with about `fraction` of its characters in the tail, cut after a line
+    break (else a space) near that point so that no line is split when one can be kept whole."""
+    at = len(text) - max(1, round(fraction * len(text)))
+    window = max(1, len(text) // 20)  # look this far back for a line break, then a space
+    for mark in ("\n", " "):
+        found = text.rfind(mark, max(0, at - window), at)
+        if found > 0:
+            return text[: found + 1], text[found + 1 :]
+    return text[:at], text[at:]
+
+
+def _write_splits(source: datasets.Dataset, cfg: DataConfig, split: HeldOut, out: Path) -> dict[str, Any]:
+    """Second pass: each document (or its head and tail) to its split in source order, written as read."""
     files = {"train": out / ".train.arrow", "validation": out / ".validation.arrow"}
     stats = {name: {"documents": 0, "words": 0, "characters": 0} for name in files}
     position = 0
+    held = split.documents
     with contextlib.ExitStack() as stack:
         write = {name: stack.enter_context(arrowio.column_writer(f, "text", pa.string())) for name, f in files.items()}
         for docs in document_batches(source, cfg):
-            lo, hi = np.searchsorted(held_out, [position, position + len(docs)])
-            is_val = np.zeros(len(docs), dtype=bool)
-            is_val[held_out[lo:hi] - position] = True
+            if split.tail:
+                pieces = [cut_tail(d, split.tail) for d in docs]
+                parts = {
+                    "train": [h for h, _ in pieces if h.strip()],
+                    "validation": [t for _, t in pieces if t.strip()],
+                }
+            else:
+                lo, hi = np.searchsorted(held, [position, position + len(docs)])
+                is_val = np.zeros(len(docs), dtype=bool)
+                is_val[held[lo:hi] - position] = True
+                parts = {
+                    name: [d for d, c in zip(docs, chosen, strict=True) if c]
+                    for name, chosen in (("train", ~is_val), ("validation", is_val))
+                }
             position += len(docs)
-            for name, chosen in (("train", ~is_val), ("validation", is_val)):
-                part = [d for d, c in zip(docs, chosen, strict=True) if c]
+            for name, part in parts.items():
                 write[name](pa.array(part, type=pa.string()))
                 for key, value in text_stats(part).items():
                     stats[name][key] += value

@@ -58,8 +58,24 @@ def run(ctx: Context) -> dict[str, Any]:
             f"documents, {stats['train']['words'] + stats['validation']['words']:,} words"
             + (f" ({stats['empty_documents_dropped']} empty dropped)" if stats["empty_documents_dropped"] else "")
         )
+        say_validation_share(ctx, stats, cfg.val_fraction)
     rundir.write_json(ctx.path("data", "stats.json"), {"documents": stats})
     return stats
+
+
+def say_validation_share(ctx: Context, stats: dict[str, Any], fraction: float) -> None:
+    """One line when validation is not whole documents, or holds a share of the text far from the one asked."""
+    share = stats["validation_share"]
+    if stats["held_out"] == "tails":
+        ctx.console.print(
+            f"  validation: the last {fraction:.0%} of each document ({share:.1%} of the characters): the "
+            f"{stats['train']['documents']:,} documents are too few and long to hold out whole ones at "
+            f"data.val_fraction {fraction}"
+        )
+    elif abs(share - fraction) > fraction / 2:
+        ctx.console.print(
+            f"  [yellow]validation holds {share:.1%} of the characters, data.val_fraction asked {fraction:.1%}[/]"
+        )
 
 
 def _check_packed(ctx: Context, source: documents.Source) -> dict[str, Any]:
