@@ -58,7 +58,7 @@ def test_unknown_key_names_full_key_and_suggests_closest():
     msg = str(info.value)
     assert "Unknown key 'train.lrr'" in msg
     assert "(did you mean 'lr'?)" in msg
-    assert "Valid keys: epochs, max_steps, batch_size" in msg
+    assert "Valid keys: epochs, max_steps, max_time, batch_size" in msg
 
 
 def test_unknown_key_suggestion_in_other_stage():

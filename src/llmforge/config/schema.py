@@ -46,7 +46,11 @@ class DataConfig:
         "Needs train.max_steps.",
     )
     max_documents: int | None = _f(None, "Read at most this many documents (useful with streaming).")
-    val_fraction: float = _f(0.05, "Share of documents held out for validation (split by document).")
+    val_fraction: float = _f(
+        0.05,
+        "Share of the text held out for validation: whole documents holding about this share of the characters, "
+        "or the last part of every document when they are too few and long for that (one file, a few novels).",
+    )
     val_documents: int = _f(
         1000, "With streaming: the first N documents (rows) of the stream are the validation set, never trained on."
     )
@@ -119,6 +123,12 @@ class TrainConfig:
 
     epochs: float = _f(1.0, "Passes over the training blocks (ignored when max_steps is set).")
     max_steps: int | None = _f(None, "Optimizer steps to train; overrides epochs.")
+    max_time: str | float | None = _f(
+        None,
+        "A wall-clock budget for this stage's training (90s, 3m, 2h, 1d; a number is seconds): the learning-rate "
+        "schedule's warmup and decay run on its clock, training stops at the first step past it and saves the "
+        "model there, and a resumed run gets only the time left. Without max_steps, epochs repeat until it ends.",
+    )
     batch_size: int = _f(8, "Blocks per device per micro-batch.")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
     lr: float = _f(6e-4, "Peak learning rate.")

@@ -101,8 +101,10 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def validate_streaming(cfg: TrainConfig) -> None:
-    if not cfg.max_steps:
-        raise ConfigError("data.streaming: true needs train.max_steps: a stream has no length to count epochs by.")
+    if not cfg.max_steps and cfg.max_time is None:
+        raise ConfigError(
+            "data.streaming: true needs train.max_steps or train.max_time: a stream has no length to count epochs by."
+        )
     if cfg.dataloader_workers:
         raise ConfigError(
             "data.streaming: true reads the stream in the training process (its position is checkpointed exactly); "

@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 
 from llmforge.config.schema import TrainConfig
 from llmforge.errors import ConfigError, TrainingError
+from llmforge.training.budget import parse_duration
 from llmforge.training.distributed import use_cpu
 
 
@@ -21,6 +22,7 @@ def validate(cfg: TrainConfig, where: str = "train") -> None:
         raise ConfigError(f"{where}.max_steps must be at least 1, got {cfg.max_steps}.")
     if cfg.max_steps is None and cfg.epochs <= 0:
         raise ConfigError(f"{where}.epochs must be positive, got {cfg.epochs}.")
+    parse_duration(cfg.max_time, f"{where}.max_time")
     if not cfg.lr > 0:
         raise ConfigError(f"{where}.lr must be positive, got {cfg.lr}.")
     if cfg.early_stopping and not cfg.eval_every:
@@ -41,9 +43,14 @@ def keeps_best(cfg: TrainConfig) -> bool:
     return cfg.eval_every is not None and (cfg.final_model == "best" or bool(cfg.early_stopping))
 
 
+UNTIL_TIME_IS_UP = 10**9  # the steps Trainer plans when only a wall-clock budget ends training
+
+
 def planned_steps(cfg: TrainConfig, n_blocks: int, world: int) -> int:
     if cfg.max_steps:
         return cfg.max_steps
+    if cfg.max_time is not None:
+        return UNTIL_TIME_IS_UP
     per_epoch = math.ceil(math.ceil(n_blocks / (cfg.batch_size * world)) / cfg.grad_accum)
     return max(1, math.ceil(per_epoch * cfg.epochs))
 

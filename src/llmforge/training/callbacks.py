@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ class LlmforgeCallback(TrainerCallback):
         divergence_factor: float | None = None,
         stream: Any = None,
         blocks_per_step: int = 0,
-        checkpoint_info: dict[str, Any] | None = None,
+        checkpoint_info: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
         save_at_evaluations: bool = False,
     ) -> None:
         self.stage = stage
@@ -72,7 +73,7 @@ class LlmforgeCallback(TrainerCallback):
         self.best_loss = math.inf
         self.stream = stream  # a StreamingBlocks: its position goes into every checkpoint
         self.blocks_per_step = blocks_per_step
-        self.checkpoint_info = checkpoint_info or {}  # the settings a checkpoint was made with (reruns)
+        self.checkpoint_info = checkpoint_info or {}  # settings a checkpoint was made with (reruns), time spent
         self.save_at_evaluations = save_at_evaluations  # the best evaluated checkpoint can become the final model
 
     # progress ------------------------------------------------------------------------------------
@@ -190,7 +191,8 @@ class LlmforgeCallback(TrainerCallback):
                 f"The {self.stage} weights hold NaN/inf at step {state.global_step}; that checkpoint was discarded "
                 f"and the last complete one kept. {NAN_ADVICE}"
             )
-        info = {"step": state.global_step, "tokens_per_step": self.tokens_per_step, **self.checkpoint_info}
+        extra = self.checkpoint_info() if callable(self.checkpoint_info) else self.checkpoint_info
+        info = {"step": state.global_step, "tokens_per_step": self.tokens_per_step, **extra}
         rundir.write_manifest(path, self.compat, info)
         keep = {path}
         if state.best_model_checkpoint:

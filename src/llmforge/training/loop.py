@@ -34,7 +34,8 @@ from llmforge.models.attention import document_attention
 from llmforge.models.lora import parameter_counts
 from llmforge.plugin.manager import Plugins
 from llmforge.training.allocator import keep_freed_memory
-from llmforge.training.arguments import keeps_best, planned_steps, training_arguments
+from llmforge.training.arguments import UNTIL_TIME_IS_UP, keeps_best, planned_steps, training_arguments
+from llmforge.training.budget import Clock, StopAtBudget, budget_schedule, parse_duration, spent_in
 from llmforge.training.callbacks import LlmforgeCallback, truncate_metrics
 from llmforge.training.checkpoints import last_evaluation, logged, save_final
 from llmforge.training.distributed import distributed_state, world_size
@@ -118,6 +119,8 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     with dist.main_process_first() if dist is not None else contextlib.nullcontext():
         start = start_point(job.stage, job.run_dir, job.compat, current, steps, job.rerun, job.console, job.discard)
     resume = (start.checkpoint, start.step) if start.resumed else None
+    budget = parse_duration(cfg.max_time, f"{job.stage}.max_time")
+    clock = Clock(budget, spent_in(start.checkpoint)) if budget is not None else None
     model = job.make_model(cfg)
     trainable, total = parameter_counts(model)
     job.plugins.call("prepare_model", model=model, stage=job.stage, config=cfg)
@@ -145,12 +148,19 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
         divergence_factor=cfg.divergence_factor,
         stream=train_set if job.streaming else None,
         blocks_per_step=cfg.batch_size * cfg.grad_accum,
-        checkpoint_info={"settings": current, "planned_steps": steps},
+        checkpoint_info=lambda: {
+            "settings": current,
+            "planned_steps": steps,
+            **({"seconds_spent": round(clock.spent(), 3)} if clock is not None else {}),
+        },
         save_at_evaluations=keeps_best(cfg),
     )
     callbacks: list[Any] = [callback]
     if start.changed:
         callbacks.append(ApplySettings())
+    stop_at_budget = StopAtBudget(clock, evaluate=cfg.eval_every is not None) if clock is not None else None
+    if stop_at_budget is not None:
+        callbacks.append(stop_at_budget)
     if cfg.early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping))
     trainer = trainer_class(
@@ -165,6 +175,7 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
         max_skipped_batches=cfg.max_skipped_batches,
         stage=job.stage,
         fused_loss=cfg.fused_loss,
+        schedule=(lambda opt: budget_schedule(opt, clock, cfg.schedule, cfg.warmup, steps)) if clock else None,
     )
     trainer.remove_callback(PrinterCallback)  # LlmforgeCallback shows progress and logs
     truncate_metrics(job.path("metrics.jsonl"), job.stage, resume[1] if resume else 0)
@@ -175,7 +186,8 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     job.console.print(f"  {_plan(job, cfg, steps, tokens_per_step, world)}")
     with document_attention(model), job.quiet():
         started = time.perf_counter()
-        if resume is not None and resume[1] >= steps and not cfg.early_stopping:
+        spent = clock is not None and clock.left() <= 0  # a resumed run whose budget was already used up
+        if resume is not None and (resume[1] >= steps or spent) and not cfg.early_stopping:
             # Training had finished; only the final save was cut short. Trainer would take one more step.
             kept = _kept_checkpoint(resume[0], keeps_best(cfg))
             model.load_state_dict(load_file(kept / "model.safetensors"), strict=False)
@@ -211,6 +223,7 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
         "trainable_parameters": trainable,
         "total_parameters": total,
         "tokens_per_second": round(done_steps * tokens_per_step / wall, 1) if wall > 0 else None,
+        "seconds_spent": round(clock.spent(), 1) if clock is not None else None,
         "train_seconds": round(wall, 1),
         **job.outputs,
     }
@@ -254,15 +267,19 @@ def _kept_checkpoint(last: Path, best: bool) -> Path:
 
 def _plan(job: TrainingJob, cfg: TrainConfig, steps: int, tokens_per_step: int, world: int) -> str:
     processes = f" x {world} processes" if world > 1 else ""
+    until = steps >= UNTIL_TIME_IS_UP
+    how_long = f"{cfg.max_time} of training" if until else f"{steps} steps"
     if job.block_length is not None:
         shape = f"{cfg.batch_size} x {cfg.grad_accum} x {job.block_length}{processes}"
-        line = f"{steps} steps of {tokens_per_step:,} tokens ({shape})"
+        line = f"{how_long} of {tokens_per_step:,} tokens ({shape})"
     else:
         line = (
-            f"{steps} steps of {cfg.batch_size} x {cfg.grad_accum}{processes} {job.rows}, "
+            f"{how_long} of {cfg.batch_size} x {cfg.grad_accum}{processes} {job.rows}, "
             f"about {tokens_per_step:,} tokens per step"
         )
-    if not job.streaming:
+    if cfg.max_time is not None and not until:
+        line += f", or {cfg.max_time} of training if that ends first"
+    if not job.streaming and not until:
         rows = len(job.train_set)
         epochs = steps * cfg.batch_size * cfg.grad_accum * world / max(rows, 1)
         line += f": {epochs:.3g} epochs over {rows:,} {job.rows}"

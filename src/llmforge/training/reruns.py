@@ -34,7 +34,7 @@ Mode = Literal["auto", "restart", "resume"]
 # Settings that change how a run is watched, never the weights it ends with: not part of a stage's
 # fingerprint, so changing them leaves a finished stage up to date.
 BOOKKEEPING = ("keep_last", "log_every", "report_to", "dataloader_workers", "keep_freed_memory")
-LATER_END = {"max_steps", "epochs"}  # a finished run with only these raised trains on
+LATER_END = {"max_steps", "epochs", "max_time"}  # a finished run with only these raised trains on
 PREVIOUS = "previous"  # RUN/previous/STAGE-N: the artefacts of a run set aside by a retrain
 
 

@@ -39,8 +39,10 @@ class LlmforgeTrainer(Trainer):
         max_skipped_batches: int = 10,
         stage: str = "train",
         fused_loss: bool = False,
+        schedule: Any = None,
         **kwargs: Any,
     ) -> None:
+        self.schedule = schedule  # optimizer -> scheduler (a wall-clock budget's), else Trainer's own
         super().__init__(*args, **kwargs)
         self.on_nan = on_nan
         self.max_skipped_batches = max_skipped_batches
@@ -48,6 +50,13 @@ class LlmforgeTrainer(Trainer):
         self.stage = stage
         self.fused_loss = fused_loss
         causal_lm_loss(self.model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.schedule is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = self.schedule(self.optimizer if optimizer is None else optimizer)
+        return self.lr_scheduler
 
     def _issue_warnings_after_load(self, load_result: Any) -> None:
         """What a checkpoint's weights did not cover, said in llmforge's words (Trainer calls this after

@@ -1,0 +1,89 @@
+"""A wall-clock budget (`max_time`): the schedule runs on its clock, training stops within a step of it,
+and a resumed run gets only the time left (llmforge.training.budget)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from rich.console import Console
+
+from conftest import tiny_recipe_dict
+from llmforge import Recipe
+from llmforge.errors import ConfigError
+from llmforge.training.budget import Clock, budget_schedule, parse_duration
+
+
+def test_durations_read_like_people_write_them():
+    assert [parse_duration(v, "k") for v in ("90", "90s", "3m", "1.5h", "2d", 45, None)] == [
+        90, 90, 180, 5400, 172800, 45, None,
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="train.max_time '3 minutes' is not a duration"):
+        parse_duration("3 minutes", "train.max_time")
+    with pytest.raises(ConfigError, match="must be positive"):
+        parse_duration(0, "train.max_time")
+
+
+def test_the_schedule_follows_the_clock():
+    clock = Clock(budget=100.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = budget_schedule(opt, clock, "cosine", warmup=0.1, steps=10**9)
+    factor = sched.lr_lambdas[0]
+    for spent, expected in [(5, 0.5), (10, 1.0), (55, 0.5), (100, 0.0)]:
+        clock.spent_before = spent
+        assert factor(1) == pytest.approx(expected, abs=1e-6), spent
+    clock.spent_before = 0.0
+    assert factor(10**9 // 2) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 0.4 / 0.9)).item()))
+
+
+def _recipe(corpus_file, **train) -> Recipe:
+    return Recipe.from_dict(tiny_recipe_dict(corpus_file, max_steps=None, eval_every=None, **train))
+
+
+def _rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_stops_within_a_step_of_its_budget_and_saves_there(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    recipe = _recipe(corpus_file, max_time="4s", save_every=5, log_every=1)
+    console = Console(record=True, width=200)
+    recipe.run(run, console=console)
+    info = json.loads((run / "train" / "final" / ".llmforge.json").read_text())["info"]
+    steps = [r for r in _rows(run) if "loss" in r]
+    step_seconds = info["train_seconds"] / max(info["steps"], 1)
+    assert info["steps"] == steps[-1]["step"] > 5
+    assert 4.0 <= info["seconds_spent"] <= 4.0 + 3 * step_seconds + 0.5  # stopped at the first step past 4 s
+    assert steps[-1]["learning_rate"] < 0.05 * 3e-3  # the cosine reached its end with the budget
+    assert "4s of training of 128 tokens" in console.export_text()
+
+
+def test_a_resumed_run_gets_only_the_time_left(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    recipe = _recipe(corpus_file, max_time="4s", save_every=2, log_every=1, keep_last=1000)
+    recipe.run(run, console=Console(quiet=True))
+    ckpts = sorted((run / "train" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    keep = ckpts[0]
+    spent = json.loads((keep / ".llmforge.json").read_text())["info"]["seconds_spent"]
+    assert 0 < spent < 4
+    for path in ckpts[1:]:
+        shutil.rmtree(path)  # as if killed after the first checkpoint
+    shutil.rmtree(run / "train" / "final")
+    recipe.run(run, console=Console(quiet=True))
+    info = json.loads((run / "train" / "final" / ".llmforge.json").read_text())["info"]
+    assert 4.0 <= info["seconds_spent"] < 6.0  # the total, across both processes
+    assert info["train_seconds"] < 4.0 - spent + 2.0  # this process had only what was left
+
+
+def test_fine_tuning_takes_a_budget_too(tmp_path, corpus_file):
+    from chat_helpers import INSTRUCT
+
+    mapping = tiny_recipe_dict(corpus_file, max_steps=2, eval_every=None, save_every=None)
+    mapping["model"]["context_length"] = 128
+    mapping["finetune"] = {"path": str(INSTRUCT / "alpaca.jsonl"), "max_examples": 40, "batch_size": 8,
+                           "max_time": "3s", "eval_every": None}  # fmt: skip
+    Recipe.from_dict(mapping).run(tmp_path / "run", console=Console(quiet=True))
+    info = json.loads((tmp_path / "run" / "finetune" / "final" / ".llmforge.json").read_text())["info"]
+    assert 3.0 <= info["seconds_spent"] < 6.0 and info["steps"] > 5  # epochs repeated until the time was up
