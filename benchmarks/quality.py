@@ -1,0 +1,282 @@
+"""Held-out bits per byte after the same wall-clock training: llmforge's default path against a
+hand-packed Trainer script and the seed recipe, on two corpora shipped in the repo.
+
+What a user buys is a lower loss on text the model has not seen, in the time they have. Each contender
+trains the same model shape (GPT-2, 4 layers x 256, context 256) for the same seconds in its own
+process, then scores a held-out work in bits per byte: the total next-token loss in bits over the work's
+UTF-8 bytes, in windows of the context length, every token scored once (comparable across tokenizers).
+
+- llmforge: a recipe with only the shape, `tokenizer.vocab_size: 8192` and `train.max_time` set; every
+  other key at its default (the data stage, its own tokenizer, the schedule on the budget's clock).
+- packed Trainer (what a careful user writes by hand): the training files EOS-joined and cut into
+  256-token blocks, a byte-level BPE of 8,192 trained on them, dropout 0, lr 1e-3 cosine with 30 warmup
+  steps, weight decay 0.1, batch 8, its max_steps estimated from 8 timed steps so the schedule fits the
+  budget, and a stop at the budget.
+- seed recipe (a popular tutorial): sentences padded to max_length, labels = input_ids, GPT2Config
+  defaults (dropout 0.1), Trainer defaults (lr 5e-5), max_steps estimated the same way.
+
+Corpora: the Austen novels (examples/data/corpus) with Northanger Abbey held out, and the King James
+Version (examples/data/kjv: eight books, 1 Kings held out). Both held-out works share no line with
+their training files (checked here).
+
+    python benchmarks/quality.py                 # 180 s per contender, both corpora (about 25 minutes on 2 cores)
+    python benchmarks/quality.py --seconds 600
+    python benchmarks/quality.py --smoke         # a small model for 8 s on a slice of each corpus
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchlib import REPO, arguments, emit, machine, run_contender, target, train_bpe  # noqa: E402
+
+CORPORA = {
+    "austen": (
+        sorted(p for p in (REPO / "examples/data/corpus").glob("*.txt") if p.name != "northanger_abbey.txt"),
+        REPO / "examples/data/corpus/northanger_abbey.txt",
+    ),
+    "kjv": (sorted((REPO / "examples/data/kjv/train").glob("*.txt")), REPO / "examples/data/kjv/held_out/1_kings.txt"),
+}
+FULL = {"n_layer": 4, "n_embd": 256, "n_head": 4, "context_length": 256, "batch_size": 8, "vocab": 8192}
+SMOKE = {"n_layer": 2, "n_embd": 64, "n_head": 2, "context_length": 64, "batch_size": 8, "vocab": 1024}
+SMOKE_BYTES = 150_000  # of each training file set and of each held-out work
+CONTENDERS = ("llmforge", "packed_trainer", "seed_recipe")
+
+
+def corpus_files(name: str, smoke: bool, work: Path) -> tuple[Path, Path]:
+    """(folder of training files, held-out file) for a corpus, checked to share no line; sliced for --smoke."""
+    train, held = CORPORA[name]
+    folder = work / name / "train"
+    folder.mkdir(parents=True)
+    budget = SMOKE_BYTES // len(train) if smoke else None
+    for path in train:
+        text = path.read_text(encoding="utf-8")
+        (folder / path.name).write_text(text[:budget] if budget else text, encoding="utf-8")
+    held_text = held.read_text(encoding="utf-8")
+    held_path = work / name / held.name
+    held_path.write_text(held_text[:SMOKE_BYTES] if smoke else held_text, encoding="utf-8")
+    seen = {line for p in folder.glob("*.txt") for line in p.read_text().splitlines() if len(line) > 40}
+    shared = [line for line in held_path.read_text().splitlines() if len(line) > 40 and line in seen]
+    if shared:
+        raise SystemExit(f"{name}: the held-out work shares {len(shared)} lines with the training files")
+    return folder, held_path
+
+
+# --- scoring -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def bits_per_byte(model, tok, text: str, context: int, batch: int = 8) -> float:
+    """Next-token loss in bits of every token of `text` (after an EOS), over its UTF-8 bytes."""
+    ids = [tok.eos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]
+    model.eval()
+    total = 0.0
+    windows = [ids[i : i + context + 1] for i in range(0, len(ids) - 1, context)]
+    for start in range(0, len(windows), batch):
+        group = windows[start : start + batch]
+        width = max(len(w) for w in group)
+        x = torch.full((len(group), width - 1), tok.eos_token_id)
+        y = torch.full((len(group), width - 1), -100)
+        for row, w in enumerate(group):
+            x[row, : len(w) - 1] = torch.tensor(w[:-1])
+            y[row, : len(w) - 1] = torch.tensor(w[1:])
+        logits = model(input_ids=x).logits.float()
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+    return total / math.log(2) / len(text.encode("utf-8"))
+
+
+# --- contenders (each in its own process) --------------------------------------------------------------
+
+
+def llmforge_contender(shape: dict, train: Path, held: Path, seconds: float) -> dict:
+    from rich.console import Console
+
+    from llmforge import Recipe, Run
+    from llmforge.models.loading import load_model_dir
+
+    with tempfile.TemporaryDirectory() as out:
+        recipe = Recipe.from_dict(
+            {
+                "name": "quality",
+                "data": {"source": "text", "path": str(train)},
+                "tokenizer": {"vocab_size": shape["vocab"]},
+                "model": {k: shape[k] for k in ("n_layer", "n_embd", "n_head", "context_length")},
+                "train": {"max_time": seconds, "batch_size": shape["batch_size"]},
+            }
+        )
+        recipe.run(out, console=Console(quiet=True))
+        model, tok = load_model_dir(Run(out).model_dir)
+        final = json.loads((Path(out) / "train" / "final" / ".llmforge.json").read_text())["info"]
+        return {
+            "bits_per_byte": bits_per_byte(model, tok, held.read_text(encoding="utf-8"), shape["context_length"]),
+            "steps": final["steps"],
+            "train_seconds": final["seconds_spent"],
+        }
+
+
+def _fitted_steps(trainer_step, seconds: float) -> int:
+    """Steps that fit in `seconds`, from 8 timed steps (the first two not counted)."""
+    times = []
+    for _ in range(8):
+        start = time.perf_counter()
+        trainer_step()
+        times.append(time.perf_counter() - start)
+    per_step = sorted(times[2:])[len(times[2:]) // 2]
+    return max(10, int(seconds / per_step))
+
+
+def _trainer_run(model, tok, dataset, collate, seconds: float, **args) -> tuple[int, float]:
+    """Train with transformers' Trainer for `seconds`: max_steps fitted from a timing run, a stop at the budget."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class StopAtTime(TrainerCallback):
+        def on_train_begin(self, a, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            if time.perf_counter() - self.start >= seconds:
+                control.should_training_stop = True
+
+    def make(steps: int, out: str) -> Trainer:
+        targs = TrainingArguments(
+            output_dir=out, max_steps=steps, report_to="none", save_strategy="no", logging_strategy="no",
+            disable_tqdm=True, use_cpu=not torch.cuda.is_available(), seed=0, **args,
+        )  # fmt: skip
+        return Trainer(model=model, args=targs, train_dataset=dataset, data_collator=collate, callbacks=[StopAtTime()])
+
+    with tempfile.TemporaryDirectory() as out:
+        loader = iter(make(10**6, out).get_train_dataloader())
+        twin = copy.deepcopy(model).train()  # timed on a copy: the model trained starts untouched
+        optimizer = torch.optim.AdamW(twin.parameters(), lr=1e-4)
+
+        def step() -> None:
+            twin(**next(loader)).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        steps = _fitted_steps(step, seconds)
+        trainer = make(steps, out)
+        start = time.perf_counter()
+        trainer.train()
+        return trainer.state.global_step, time.perf_counter() - start
+
+
+def packed_trainer_contender(shape: dict, train: Path, held: Path, seconds: float) -> dict:
+    import datasets
+    from transformers import GPT2Config, GPT2LMHeadModel, default_data_collator
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(train.glob("*.txt"))]
+    tok = train_bpe(texts, shape["vocab"])
+    T = shape["context_length"]
+    ids: list[int] = []
+    for text in texts:
+        ids += tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    blocks = [ids[i : i + T] for i in range(0, len(ids) - T + 1, T)]
+    dataset = datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=T, n_embd=shape["n_embd"], n_layer=shape["n_layer"], n_head=shape["n_head"],
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    steps, wall = _trainer_run(
+        model, tok, dataset, default_data_collator, seconds, learning_rate=1e-3, lr_scheduler_type="cosine",
+        warmup_steps=30, weight_decay=0.1, per_device_train_batch_size=shape["batch_size"],
+    )  # fmt: skip
+    return {"bits_per_byte": bits_per_byte(model, tok, held.read_text(encoding="utf-8"), T), "steps": steps,
+            "train_seconds": wall}  # fmt: skip
+
+
+def seed_recipe_contender(shape: dict, train: Path, held: Path, seconds: float) -> dict:
+    import datasets
+    from transformers import GPT2Config, GPT2LMHeadModel, default_data_collator
+
+    texts = [p.read_text(encoding="utf-8") for p in sorted(train.glob("*.txt"))]
+    tok = train_bpe(texts, shape["vocab"])
+    tok.pad_token = tok.eos_token  # what the seed does
+    T = shape["context_length"]
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", "\n".join(texts)) if s.strip()]
+
+    def encode(batch):
+        enc = tok(batch["text"], padding="max_length", truncation=True, max_length=T)
+        enc["labels"] = [list(x) for x in enc["input_ids"]]
+        return enc
+
+    dataset = datasets.Dataset.from_dict({"text": sentences}).map(encode, batched=True, remove_columns=["text"])
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=T, n_embd=shape["n_embd"], n_layer=shape["n_layer"], n_head=shape["n_head"],
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config)
+    steps, wall = _trainer_run(
+        model, tok, dataset, default_data_collator, seconds, per_device_train_batch_size=shape["batch_size"]
+    )
+    return {"bits_per_byte": bits_per_byte(model, tok, held.read_text(encoding="utf-8"), T), "steps": steps,
+            "train_seconds": wall}  # fmt: skip
+
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--seconds", type=float, help="training seconds per contender (default 180; --smoke 8)")
+    parser.add_argument("--corpus", choices=sorted(CORPORA), action="append", help="only these corpora")
+    parser.add_argument("--train", help=argparse_hidden())
+    parser.add_argument("--held", help=argparse_hidden())
+    args = parser.parse_args()
+    shape = SMOKE if args.smoke else FULL
+    seconds = args.seconds or (8.0 if args.smoke else 180.0)
+    threads = max(1, torch.get_num_threads())
+    if args.contender:
+        run = {"llmforge": llmforge_contender, "packed_trainer": packed_trainer_contender,
+               "seed_recipe": seed_recipe_contender}[args.contender]  # fmt: skip
+        torch.set_num_threads(threads)
+        emit(run(shape, Path(args.train), Path(args.held), seconds))
+        return
+    print(machine(threads))
+    print(f"model: GPT-2 {shape['n_layer']} x {shape['n_embd']}, context {shape['context_length']}, "
+          f"{seconds:g} s of training per contender")  # fmt: skip
+    lines = []
+    work = Path(tempfile.mkdtemp(prefix="llmforge-quality-"))
+    try:
+        for name in args.corpus or sorted(CORPORA):
+            train, held = corpus_files(name, args.smoke, work)
+            results = {}
+            for contender in CONTENDERS:
+                extra = ["--train", str(train), "--held", str(held), "--seconds", str(seconds)]
+                results[contender] = run_contender(
+                    __file__, contender, extra + (["--smoke"] if args.smoke else []), threads
+                )
+            print(f"\n{name}: held-out {held.name}, {held.stat().st_size:,} bytes")
+            print("| contender | steps | training seconds | held-out bits/byte |\n| --- | ---: | ---: | ---: |")
+            for contender, r in results.items():
+                print(f"| {contender} | {r['steps']} | {r['train_seconds']:.0f} | {r['bits_per_byte']:.3f} |")
+            ours = results["llmforge"]["bits_per_byte"]
+            lines.append(target(f"quality_vs_packed_trainer_{name}", ours / results["packed_trainer"]["bits_per_byte"],
+                                "<=", 0.97))  # fmt: skip
+            lines.append(target(f"quality_vs_seed_recipe_{name}", ours / results["seed_recipe"]["bits_per_byte"],
+                                "<=", 0.80))  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print("\n".join(lines))
+
+
+def argparse_hidden() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    main()
