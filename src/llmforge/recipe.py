@@ -290,30 +290,25 @@ def check_recipe_paths(recipe: Recipe) -> None:
     folder = recipe.folder
     if folder is None:
         return
-    for key, cfg in (("data", recipe.data), ("finetune", recipe.finetune)):
-        if cfg is None:
-            continue
-        for name in ("path", "data_files"):
-            value = getattr(cfg, name, None)
-            values = value.values() if isinstance(value, dict) else [value]
-            for item in values:
-                for path in item if isinstance(item, list) else [item]:
-                    if not isinstance(path, str) or any(ch in path for ch in "*?[") or Path(path).exists():
-                        continue
-                    if not Path(path).is_relative_to(folder):
-                        continue  # written absolute in the recipe: the source reports it
-                    relative = Path(path).relative_to(folder)
-                    here = Path.cwd() / relative
-                    hint = (
-                        f" It does exist relative to the current directory ({here}): write the path relative to "
-                        "the recipe's folder, or absolute."
-                        if here.exists()
-                        else ""
-                    )
-                    raise ConfigError(
-                        f"{key}.{name} '{relative}' does not exist: a relative path in a recipe file is taken from "
-                        f"the recipe's folder ({folder}), which gives {path}.{hint}"
-                    )
+    for block, cfg in (("data", recipe.data), ("finetune", recipe.finetune)):
+        for key in PATH_KEYS if cfg is not None else ():
+            named: list[str] = []
+            _map_paths(getattr(cfg, key), named.append)
+            for path in named:
+                if any(ch in path for ch in "*?[") or Path(path).exists() or not Path(path).is_relative_to(folder):
+                    continue  # a glob, a file that is there, or one written absolute (its source reports it)
+                relative = Path(path).relative_to(folder)
+                here = Path.cwd() / relative
+                hint = (
+                    f" It does exist relative to the current directory ({here}): write the path relative to the "
+                    "recipe's folder, or absolute."
+                    if here.exists()
+                    else ""
+                )
+                raise ConfigError(
+                    f"{block}.{key} '{relative}' does not exist: a relative path in a recipe file is taken from the "
+                    f"recipe's folder ({folder}), which gives {path}.{hint}"
+                )
 
 
 def check_plugin_names(recipe: Recipe, plugins: Any) -> None:
@@ -401,23 +396,28 @@ def apply_override(mapping: dict[str, Any], item: str) -> None:
     node[keys[-1]] = value
 
 
+PATH_KEYS = ("path", "data_files")  # the data and finetune keys that name local files
+
+
+def _map_paths(value: Any, fn: Any) -> Any:
+    """`value` (a path, a list of them, or data_files' mapping of split -> path or list) with fn on each path."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [fn(p) if isinstance(p, str) else p for p in value]
+    if isinstance(value, dict):
+        return {k: _map_paths(v, fn) for k, v in value.items()}
+    return value
+
+
 def _resolve_paths(cfg: DataConfig | FinetuneConfig, base: Path) -> DataConfig | FinetuneConfig:
     """Relative data paths in a recipe file are relative to the file, like the seeds' scripts."""
 
     def fix(p: str) -> str:
         return p if Path(p).expanduser().is_absolute() or "://" in p else str(base / p)
 
-    if isinstance(cfg.path, str):
-        cfg.path = fix(cfg.path)
-    elif isinstance(cfg.path, list):
-        cfg.path = [fix(p) for p in cfg.path]
-    files = cfg.data_files
-    if isinstance(files, str):
-        cfg.data_files = fix(files)
-    elif isinstance(files, list):
-        cfg.data_files = [fix(p) for p in files]
-    elif isinstance(files, dict):
-        cfg.data_files = {k: [fix(p) for p in v] if isinstance(v, list) else fix(v) for k, v in files.items()}
+    for key in PATH_KEYS:
+        setattr(cfg, key, _map_paths(getattr(cfg, key), fix))
     return cfg
 
 

@@ -171,11 +171,11 @@ def _kept(run_dir: Path, where: Path | None, what: str) -> str:
 
 def set_aside(run_dir: Path, stage: str, discard: bool = False) -> Path | None:
     """Move `stage`'s checkpoints, final model and metrics rows to RUN/previous/STAGE-N (or delete them)."""
-    parts = [run_dir / stage / "checkpoints", run_dir / stage / "final"]
-    present = [p for p in parts if p.exists()]
+    present = [p for p in (run_dir / stage / "checkpoints", run_dir / stage / "final") if p.exists()]
     metrics = run_dir / "metrics.jsonl"
-    rows = _stage_rows(metrics, stage)
-    if not present and not rows:
+    rows = _rows(metrics)
+    moved = [r for r in rows if r.get("stage") == stage]
+    if not present and not moved:
         return None
     target = None
     if not discard:
@@ -184,16 +184,15 @@ def set_aside(run_dir: Path, stage: str, discard: bool = False) -> Path | None:
             n += 1
         target = run_dir / PREVIOUS / f"{stage}-{n}"
         target.mkdir(parents=True)
-        if rows:
-            rundir.write_text(target / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        if moved:
+            rundir.write_text(target / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in moved))
     for path in present:
         if target is None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.rename(target / path.name)
-    if rows:
-        kept = [r for r in _rows(metrics) if r.get("stage") != stage]
-        rundir.write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
+    if moved:
+        rundir.write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows if r.get("stage") != stage))
     return target
 
 
@@ -205,10 +204,6 @@ def _rows(metrics: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue  # a line cut by a kill
     return out
-
-
-def _stage_rows(metrics: Path, stage: str) -> list[dict[str, Any]]:
-    return [r for r in _rows(metrics) if r.get("stage") == stage]
 
 
 class ApplySettings(TrainerCallback):
