@@ -69,7 +69,7 @@ def bare_contender(shape: dict, tokenizer: str) -> dict:
     from llmforge.data.batches import PackedCollator
     from llmforge.models.attention import document_attention
     from llmforge.training.allocator import keep_freed_memory
-    from llmforge.training.arguments import precision_flags
+    from llmforge.training.precision import choose
 
     with tempfile.TemporaryDirectory() as out:
         recipe = recipe_for(shape, tokenizer, 1)
@@ -78,7 +78,7 @@ def bare_contender(shape: dict, tokenizer: str) -> dict:
         blocks = datasets.load_from_disk(str(Path(out) / "data" / "blocks"))["train"].with_format("torch")
         model = AutoModelForCausalLM.from_pretrained(str(Path(out) / "model"), attn_implementation="sdpa")
         model.config.use_cache = False
-        bf16 = precision_flags("auto", shape["n_embd"])["bf16"]
+        bf16 = choose("auto", model, shape["context_length"]).precision == "bf16"
         eos = model.config.eos_token_id
     torch.manual_seed(0)
     collate = PackedCollator(eos)

@@ -73,3 +73,12 @@ def test_gpt2_parameter_formula_matches_transformers():
     for n_layer, n_embd, vocab, ctx in ((2, 64, 500, 32), (3, 96, 1000, 64)):
         model = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=4, vocab_size=vocab, n_positions=ctx))
         assert gpt2_parameters(n_layer, n_embd, vocab, ctx) == sum(p.numel() for p in model.parameters())
+
+
+def test_a_recipe_with_max_time_is_planned_for_its_budget(tmp_path, corpus_file):
+    spec = tiny_recipe_dict(corpus_file)
+    spec["train"] = {**spec["train"], "max_steps": None, "max_time": "2m"}
+    r = data_report(Recipe.from_dict(spec), out=tmp_path / "run", console=Console(quiet=True), flops_per_second=1e9)
+    assert r["budget"]["hours"] == pytest.approx(2 / 60) and r["budget"]["flops"] == pytest.approx(120 * 1e9)
+    assert r["planned_steps"] == int(120 * 1e9 / (6 * r["parameters"] * r["tokens_per_step"]))
+    assert r["planned_tokens"] == r["planned_steps"] * r["tokens_per_step"]

@@ -129,9 +129,9 @@ def test_a_different_model_trains_afresh_instead_of_a_dead_end(tmp_path, corpus_
     _run(recipe, run)
     recipe.model.n_embd = 64
     text = _run(recipe, run)
-    assert "the model, tokenizer or data changed since train's checkpoint-6: training afresh" in text
+    assert "the model, tokenizer, data or optimizer changed since train's checkpoint-6: training afresh" in text
     assert _weights(run / "train" / "final")["transformer.wte.weight"].shape[1] == 64
-    with pytest.raises(RunDirError, match="--resume: .* different model, tokenizer or data"):
+    with pytest.raises(RunDirError, match="--resume: .* different model, tokenizer, data or optimizer"):
         recipe.model.n_embd = 32
         recipe.run(run, console=Console(quiet=True), resume=True)
 
@@ -173,7 +173,7 @@ def test_finetune_reruns_on_changed_lr_and_on_changed_data(tmp_path, corpus_file
     other.write_text("".join(json.dumps({**r, "output": r["output"] + " Indeed."}) + "\n" for r in rows))
     recipe.finetune.path = str(other)
     text = _run(recipe, run, only="finetune")
-    assert "the model, tokenizer or data changed since finetune's checkpoint-" in text
+    assert "the model, tokenizer, data or optimizer changed since finetune's checkpoint-" in text
     assert sorted(p.name for p in (run / "previous").iterdir()) == ["finetune-1", "finetune-2"]
 
 

@@ -143,7 +143,8 @@ def capture(output: Output, workdir: Path) -> tuple[str, float]:
     executable = Path(sys.executable).with_name(argv[0])
     argv[0] = str(executable) if executable.exists() else argv[0]
     started = time.monotonic()
-    done = subprocess.run(argv, cwd=workdir, env=env(), capture_output=True, text=True, timeout=1800)
+    environment = {**env(), "LLMFORGE_CACHE_DIR": str(workdir / ".llmforge-cache")}  # a new user's: no measurements
+    done = subprocess.run(argv, cwd=workdir, env=environment, capture_output=True, text=True, timeout=1800)
     seconds = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(

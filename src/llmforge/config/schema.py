@@ -132,6 +132,11 @@ class TrainConfig:
     batch_size: int = _f(8, "Blocks per device per micro-batch.")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
     lr: float = _f(6e-4, "Peak learning rate.")
+    optimizer: Literal["adamw", "muon"] = _f(
+        "adamw",
+        "adamw (fused), or muon: torch's Muon on the hidden weight matrices and AdamW on embeddings, head, biases "
+        "and norms, with one lr and weight_decay for both (Muon's update scaled to AdamW's size).",
+    )
     schedule: Literal["cosine", "linear", "constant"] = _f("cosine", "Learning-rate schedule after warmup.")
     warmup: float = _f(0.0, "Warmup: a fraction of the steps if below 1, else a number of steps.")
     weight_decay: float = _f(0.1, "AdamW weight decay.")
@@ -140,8 +145,8 @@ class TrainConfig:
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables clipping).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto",
-        "Numeric precision. auto: bf16 autocast on GPUs that have it and on bf16-capable CPUs for models at least "
-        "512 wide (smaller ones measured no faster), else fp32.",
+        "Numeric precision. auto: bf16 autocast on GPUs that have it; on a bf16-capable CPU, whichever of fp32 and "
+        "bf16 a few timed steps on this model and row shape find faster (cached per machine and shape); else fp32.",
     )
     eval_every: int | None = _f(None, "Evaluate on the validation blocks every N steps (default: at the end).")
     save_every: int | None = _f(None, "Save a checkpoint every N steps (default: only the final model).")

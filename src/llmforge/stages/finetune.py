@@ -68,9 +68,11 @@ def fingerprint(ctx: Context) -> str:
 
 
 def compat_fingerprint(ctx: Context) -> str:
-    """What a checkpoint must share with the recipe to be resumed: the base, the examples, the adapters."""
+    """What a checkpoint must share with the recipe to be resumed: the base, the examples, the adapters, the
+    optimizer's kind."""
     lora = ctx.recipe.finetune.lora
-    return rundir.fingerprint("finetune-compat", data_fingerprint(ctx), dataclasses.asdict(lora) if lora else None)
+    adapters = dataclasses.asdict(lora) if lora else None
+    return rundir.fingerprint("finetune-compat", data_fingerprint(ctx), adapters, ctx.recipe.finetune.optimizer)
 
 
 def data_fingerprint(ctx: Context) -> str:

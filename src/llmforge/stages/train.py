@@ -46,8 +46,10 @@ def fingerprint(ctx: Context) -> str:
 
 
 def compat_fingerprint(ctx: Context) -> str:
-    """What a checkpoint must share with the recipe to be resumed: the model and its data."""
-    return rundir.fingerprint("train-compat", ctx.fingerprints["model"], ctx.fingerprints["blocks"])
+    """What a checkpoint must share with the recipe to be resumed: the model, its data, the optimizer's kind."""
+    return rundir.fingerprint(
+        "train-compat", ctx.fingerprints["model"], ctx.fingerprints["blocks"], ctx.recipe.train.optimizer
+    )
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -86,7 +88,6 @@ def run(ctx: Context) -> dict[str, Any]:
         block_length=T,
         rows="blocks",
         document_guard=cfg.document_aware,
-        width=model_cfg.n_embd,
         streaming=streaming,
         rerun=ctx.rerun("train"),
         discard=ctx.discard,

@@ -27,6 +27,8 @@ from llmforge.errors import ConfigError
 from llmforge.models.build import CHINCHILLA_TOKENS_PER_PARAM, build_model
 from llmforge.tools.plots import read_metrics
 from llmforge.training.arguments import planned_steps
+from llmforge.training.budget import parse_duration
+from llmforge.training.precision import choose as choose_precision
 
 # GPT-2-shaped sizes to suggest from (n_layer, n_embd, n_head): the tiny example up to GPT-2 XL.
 SHAPES = [
@@ -77,8 +79,21 @@ def _report(recipe, out, console, budget_flops, budget_hours, flops_per_second, 
     T = recipe.model.context_length
     cfg = recipe.train or TrainConfig()
     per_epoch = planned_steps(dataclasses.replace(cfg, max_steps=None, epochs=1.0), len(blocks["train"]), processes)
-    planned = planned_steps(cfg, len(blocks["train"]), processes)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * T * processes
+    time_budget = parse_duration(cfg.max_time, "train.max_time")
+    if time_budget is not None and budget_hours is None and budget_flops is None:
+        budget_hours = time_budget / 3600  # the recipe's own budget: the report plans what training will do
+    throughput = None
+    if budget_hours is not None or time_budget is not None:
+        throughput = (
+            (flops_per_second, "assumed (--flops-per-second)")
+            if flops_per_second is not None
+            else measure_throughput(recipe, out, {"parameters": params, "context_length": T}, console)
+        )
+    planned = planned_steps(cfg, len(blocks["train"]), processes)
+    if time_budget is not None and throughput is not None:  # the steps train.max_time holds at this speed
+        in_time = max(1, int(time_budget * throughput[0] / (6 * params * tokens_per_step)))
+        planned = min(planned, in_time)
     train_tokens = stats["train"]["tokens"]
     report: dict[str, Any] = {
         "documents": docs["train"]["documents"] + docs["validation"]["documents"],
@@ -103,9 +118,10 @@ def _report(recipe, out, console, budget_flops, budget_hours, flops_per_second, 
         "chinchilla_parameters": train_tokens / CHINCHILLA_TOKENS_PER_PARAM,
         "planned_flops": 6 * params * planned * tokens_per_step,
         "streaming": bool(recipe.data.streaming),
+        "max_time": cfg.max_time,
     }
     if budget_flops is not None or budget_hours is not None:
-        report["budget"] = suggest(recipe, out, report, budget_flops, budget_hours, flops_per_second, console)
+        report["budget"] = suggest(recipe, report, budget_flops, budget_hours, throughput)
     report["seconds"] = round(time.perf_counter() - started, 1)
     print_report(console, report, None if tmp else out)
     return report
@@ -128,20 +144,16 @@ def count_parameters(recipe: Any, out: Path) -> int:
 
 def suggest(
     recipe: Any,
-    out: Path,
     report: dict[str, Any],
     budget_flops: float | None,
     budget_hours: float | None,
-    flops_per_second: float | None,
-    console: Console,
+    throughput: tuple[float, str] | None,
 ) -> dict[str, Any]:
-    """The compute-optimal size for a budget (C = 6 N D, D = 20 N), and a GPT-2 shape near it."""
-    throughput_source = None
+    """The compute-optimal size for a budget (C = 6 N D, D = 20 N), and a GPT-2 shape near it.
+    `throughput`: (training FLOP/s, where that figure came from), needed with `budget_hours`."""
+    flops_per_second, throughput_source = throughput or (None, None)
     if budget_hours is not None:
-        if flops_per_second is not None:
-            throughput_source = "assumed (--flops-per-second)"
-        else:
-            flops_per_second, throughput_source = measure_throughput(recipe, out, report, console)
+        assert flops_per_second is not None
         budget_flops = budget_hours * 3600 * flops_per_second
     assert budget_flops is not None
     if budget_flops <= 0:
@@ -192,7 +204,8 @@ def measure_throughput(recipe: Any, out: Path, report: dict[str, Any], console: 
     T = report["context_length"]
     ids = torch.randint(0, len(tok), (batch, T), device=device)
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    asked = recipe.train.precision if recipe.train else "auto"
+    bf16 = choose_precision(asked, model, T).precision == "bf16"  # what the train stage will choose
     console.print(f"  timing the model: 1 warm-up + 3 steps of {batch} x {T} tokens on this machine ...")
     times = []
     for i in range(4):
@@ -210,7 +223,7 @@ def measure_throughput(recipe: Any, out: Path, report: dict[str, Any], console: 
     where = (
         f"{torch.cuda.get_device_name()}, {'bf16' if bf16 else 'fp32'}"
         if cuda
-        else f"CPU, {torch.get_num_threads()} threads, fp32"
+        else f"CPU, {torch.get_num_threads()} threads, {'bf16' if bf16 else 'fp32'}"
     )
     return 6 * report["parameters"] * tps, f"measured now: 3 steps of {batch} x {T} tokens ({where})"
 
@@ -248,7 +261,8 @@ def print_report(console: Console, r: dict[str, Any], kept: Path | None) -> None
         (
             "planned steps",
             f"{r['planned_steps']:,}",
-            f"{_n(r['planned_tokens'])} tokens = {r['planned_epochs']:.2f} epochs; {r['planned_flops']:.2e} FLOPs",
+            f"{_n(r['planned_tokens'])} tokens = {r['planned_epochs']:.2f} epochs; {r['planned_flops']:.2e} FLOPs"
+            + (f"; about what train.max_time {r['max_time']} holds at the speed below" if r.get("max_time") else ""),
         ),
         ("parameters", _n(r["parameters"]), f"{r['parameters']:,}"),
         (

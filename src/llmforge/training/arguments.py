@@ -9,9 +9,10 @@ import torch
 from transformers import TrainingArguments
 
 from llmforge.config.schema import TrainConfig
-from llmforge.errors import ConfigError, TrainingError
+from llmforge.errors import ConfigError
 from llmforge.training.budget import parse_duration
 from llmforge.training.distributed import use_cpu
+from llmforge.training.precision import check as check_precision
 
 
 def validate(cfg: TrainConfig, where: str = "train") -> None:
@@ -55,33 +56,19 @@ def planned_steps(cfg: TrainConfig, n_blocks: int, world: int) -> int:
     return max(1, math.ceil(per_epoch * cfg.epochs))
 
 
-CPU_BF16_MIN_WIDTH = 512  # below this, bf16 autocast on a CPU measured no faster than fp32 (performance.md)
-
-
-def precision_flags(precision: str, width: int | None = None) -> dict[str, bool]:
-    """bf16/fp16 flags for TrainingArguments, or a clear error where the hardware cannot."""
-    cuda = torch.cuda.is_available()
+def precision_flags(precision: str) -> dict[str, bool]:
+    """bf16/fp16 flags for TrainingArguments of a resolved precision (llmforge.training.precision.choose),
+    or a clear error where the hardware cannot."""
     if precision == "auto":
-        if cuda:
-            return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
-        return {"bf16": _cpu_has_bf16() and (width or 0) >= CPU_BF16_MIN_WIDTH, "fp16": False}
-    if precision == "fp16" and not cuda:
-        raise TrainingError("train.precision fp16 needs a CUDA GPU. Use bf16 (or auto) on a CPU, or fp32.")
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise TrainingError("This GPU has no bf16 support. Use train.precision fp16 or fp32.")
-    if precision == "bf16" and not cuda and not _cpu_has_bf16():
-        raise TrainingError("This CPU has no bf16 support (avx512_bf16/AMX). Use train.precision fp32.")
+        raise ValueError("precision 'auto' is chosen by llmforge.training.precision.choose before the arguments")
+    check_precision(precision)
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int, width: int | None = None) -> TrainingArguments:
+def training_arguments(
+    cfg: TrainConfig, output_dir: Path, steps: int, precision: str | None = None
+) -> TrainingArguments:
+    """`precision`: the one chosen for `auto` (default: cfg.precision, which must then not be auto)."""
     warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
     evaluate = cfg.eval_every is not None
     best = keeps_best(cfg)
@@ -121,5 +108,5 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, steps: int, width: in
         logging_nan_inf_filter=False,  # a NaN must show, not be averaged away
         ddp_find_unused_parameters=False,  # every weight gets a gradient: no extra pass under DDP
         use_cpu=use_cpu(),
-        **precision_flags(cfg.precision, width),
+        **precision_flags(precision or cfg.precision),
     )

@@ -39,6 +39,7 @@ from llmforge.training.budget import Clock, StopAtBudget, budget_schedule, parse
 from llmforge.training.callbacks import LlmforgeCallback, truncate_metrics
 from llmforge.training.checkpoints import last_evaluation, logged, save_final
 from llmforge.training.distributed import distributed_state, world_size
+from llmforge.training.precision import choose as choose_precision
 from llmforge.training.reruns import ApplySettings, Mode, Start, settings, start_point
 from llmforge.training.trainer import LlmforgeTrainer, fused_loss_supported
 
@@ -63,7 +64,6 @@ class TrainingJob:
     block_length: int | None = None  # rows of exactly this many tokens (pretraining blocks)
     rows: str = "examples"  # what a row is, for the plan line
     document_guard: bool = False  # refuse a forward call that would attend across packed documents
-    width: int | None = None  # the model's width (precision 'auto' on a CPU)
     streaming: bool = False
     final_model: Callable[[Any], Any] | None = None  # e.g. LoRA merged into its base before the save
     stop_ids: list[int] | None = None  # the ids generation stops at, saved in the final model dir
@@ -124,12 +124,17 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     model = job.make_model(cfg)
     trainable, total = parameter_counts(model)
     job.plugins.call("prepare_model", model=model, stage=job.stage, config=cfg)
+    with dist.main_process_first() if dist is not None else contextlib.nullcontext():  # the others read its cache
+        precision = choose_precision(cfg.precision, model, job.block_length or max(1, round(job.row_tokens)))
     guard = DocumentMaskGuard().attach(model) if job.document_guard else None
     compile_body = cfg.torch_compile and cfg.fused_loss and world == 1 and fused_loss_supported(model)
     if compile_body:  # the fused loss calls the body directly, so compile the body, not the wrapper
         model.base_model.compile()
     args = training_arguments(
-        dataclasses.replace(cfg, torch_compile=cfg.torch_compile and not compile_body), ckpt_dir, steps, job.width
+        dataclasses.replace(cfg, torch_compile=cfg.torch_compile and not compile_body),
+        ckpt_dir,
+        steps,
+        precision.precision,
     )
     train_set = job.train_set
     trainer_class: type = LlmforgeTrainer
@@ -175,6 +180,7 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
         max_skipped_batches=cfg.max_skipped_batches,
         stage=job.stage,
         fused_loss=cfg.fused_loss,
+        optimizer_kind=cfg.optimizer,
         schedule=(lambda opt: budget_schedule(opt, clock, cfg.schedule, cfg.warmup, steps)) if clock else None,
     )
     trainer.remove_callback(PrinterCallback)  # LlmforgeCallback shows progress and logs
@@ -184,6 +190,8 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     if resume:
         _say_batch_change(job.console, resume[0], tokens_per_step)
     job.console.print(f"  {_plan(job, cfg, steps, tokens_per_step, world)}")
+    if measured := precision.describe():
+        job.console.print(f"  {measured}")
     with document_attention(model), job.quiet():
         started = time.perf_counter()
         spent = clock is not None and clock.left() <= 0  # a resumed run whose budget was already used up

@@ -7,7 +7,7 @@ it finds is decided here and said in one line, so a rerun never returns the old 
 - an unfinished run with changed settings: resume with the new settings, printing what changed (the
   seed tutorials stop a run, change the batch size or the learning rate, and go on);
 - a finished run whose only change is a later end (`max_steps` or `epochs` raised): train on to it;
-- any other change to a finished run, or a different model, tokenizer or data: train afresh, the old
+- any other change to a finished run, or a different model, tokenizer, data or optimizer: train afresh, the old
   checkpoints and model moved to `RUN/previous/STAGE-N/` (deleted instead with `discard`).
 
 `restart` always trains afresh; `resume` goes on from the last checkpoint whatever setting changed (not
@@ -127,12 +127,13 @@ def start_point(
     if not rundir.is_complete(last, compat):
         if mode == "resume":
             raise RunDirError(
-                f"--resume: {ckpt_dir} holds checkpoints of a different model, tokenizer or data than this recipe, "
-                f"so {stage} cannot go on from them. Rerun without --resume to train afresh (the old run is kept)."
+                f"--resume: {ckpt_dir} holds checkpoints of a different model, tokenizer, data or optimizer than this "
+                f"recipe, so {stage} cannot go on from them. Rerun without --resume to train afresh (the old run is "
+                "kept)."
             )
         where = set_aside(run_dir, stage, discard)
         console.print(
-            f"  the model, tokenizer or data changed since {stage}'s {last.name}: training afresh; "
+            f"  the model, tokenizer, data or optimizer changed since {stage}'s {last.name}: training afresh; "
             f"{_kept(run_dir, where, 'the earlier run')}"
         )
         return Start(set_aside=where)

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, Trainer
 from llmforge.errors import TrainingError
 from llmforge.models.loading import causal_lm_loss
 from llmforge.training.loss import linear_cross_entropy_sum
+from llmforge.training.optimizers import MuonWithAdamW
 
 NAN_ADVICE = (
     "Lower the learning rate (lr) or raise warmup, check the data for corrupted documents, "
@@ -40,9 +41,11 @@ class LlmforgeTrainer(Trainer):
         stage: str = "train",
         fused_loss: bool = False,
         schedule: Any = None,
+        optimizer_kind: str = "adamw",
         **kwargs: Any,
     ) -> None:
         self.schedule = schedule  # optimizer -> scheduler (a wall-clock budget's), else Trainer's own
+        self.optimizer_kind = optimizer_kind  # adamw: Trainer's own (fused); muon: llmforge.training.optimizers
         super().__init__(*args, **kwargs)
         self.on_nan = on_nan
         self.max_skipped_batches = max_skipped_batches
@@ -50,6 +53,13 @@ class LlmforgeTrainer(Trainer):
         self.stage = stage
         self.fused_loss = fused_loss
         causal_lm_loss(self.model)
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        if self.optimizer_kind == "muon" and self.optimizer is None:
+            args = self.args
+            betas = (args.adam_beta1, args.adam_beta2)
+            self.optimizer = MuonWithAdamW(model or self.model, args.learning_rate, args.weight_decay, betas)
+        return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.schedule is None:

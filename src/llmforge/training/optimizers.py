@@ -1,0 +1,71 @@
+"""`optimizer: muon`: torch's Muon on the hidden weight matrices, AdamW on the rest, as one optimizer.
+
+Muon orthogonalises each matrix's momentum (Newton-Schulz) and so moves every direction of a matrix
+at the same rate; it is defined for matrices only, so the embeddings, the output head (tied to them or
+not), biases and norms keep AdamW. With `adjust_lr_fn="match_rms_adamw"` (Moonshot's scaling) its update
+has AdamW's size, so one `lr` and `weight_decay` serve both halves and the schedule scales both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """Two optimizers behind one: the schedule sees (and scales) every group, a checkpoint holds both states."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> None:
+        hidden, decay, no_decay = split_parameters(model)
+        if not hidden:
+            raise ValueError("optimizer muon found no hidden weight matrices to optimise in this model")
+        muon_groups = [{"params": hidden, "weight_decay": weight_decay}]
+        adam_groups = [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        adam_groups = [g for g in adam_groups if g["params"]]
+        self.muon = torch.optim.Muon(muon_groups, lr=lr, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW(adam_groups, lr=lr, betas=betas, fused=True)
+        # the same group dicts the two hold: a scheduler setting group["lr"] here sets it there
+        super().__init__([*self.muon.param_groups, *self.adamw.param_groups], {})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = closure() if closure is not None else None
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if set(state_dict) != {"muon", "adamw"}:
+            raise ValueError(
+                "this checkpoint's optimizer state is not Muon's and AdamW's: it was saved with another "
+                "train.optimizer; resume with that one, or start the stage afresh (--restart)"
+            )
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+
+
+def split_parameters(model: torch.nn.Module) -> tuple[list[Any], list[Any], list[Any]]:
+    """(hidden matrices for Muon, other decayed weights, biases and norms) among the trainable parameters."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if module is not None and getattr(module, "weight", None) is not None:
+            embeddings.add(id(module.weight))
+    hidden, decay, no_decay = [], [], []
+    for _, param in model.named_parameters():  # tied weights appear once
+        if not param.requires_grad:
+            continue
+        if param.ndim == 2 and id(param) not in embeddings:
+            hidden.append(param)
+        elif param.ndim >= 2:
+            decay.append(param)
+        else:
+            no_decay.append(param)
+    return hidden, decay, no_decay

@@ -1,0 +1,69 @@
+"""optimizer: muon: Muon on the hidden matrices, AdamW on the rest, scheduled and checkpointed as one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from rich.console import Console
+
+from conftest import tiny_gpt2, tiny_recipe_dict
+from llmforge import Recipe
+from llmforge.training.optimizers import MuonWithAdamW, split_parameters
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_embeddings_head_biases_and_norms():
+    model = tiny_gpt2()
+    hidden, decay, no_decay = split_parameters(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)].split(".", 3)[-1] for p in hidden) == sorted(
+        ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"] * 2
+    )
+    assert {names[id(p)] for p in decay} == {"transformer.wte.weight", "transformer.wpe.weight"}  # head tied to wte
+    assert all(p.ndim == 1 for p in no_decay)
+    assert len(hidden) + len(decay) + len(no_decay) == len(list(model.parameters()))
+
+
+def test_a_schedule_scales_both_halves_and_a_step_moves_every_weight():
+    model = tiny_gpt2()
+    opt = MuonWithAdamW(model, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    assert {g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups} == {5e-3}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(0, 50, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert all(p.grad is None for p in model.parameters())
+    state = opt.state_dict()
+    assert set(state) == {"muon", "adamw"} and state["muon"]["state"]  # Muon's momentum is kept
+    with pytest.raises(ValueError, match="saved with another train.optimizer"):
+        opt.load_state_dict(torch.optim.AdamW(model.parameters()).state_dict())
+
+
+def test_training_with_muon_learns_and_resumes_from_its_checkpoint(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    recipe = Recipe.from_dict(tiny_recipe_dict(corpus_file, optimizer="muon", max_steps=12, eval_every=None))
+    recipe.run(run, console=Console(quiet=True))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["stage"] == "train" and "loss" in r]
+    assert losses[-1] < losses[0] - 0.5
+    saved = torch.load(run / "train" / "checkpoints" / "checkpoint-12" / "optimizer.pt", weights_only=False)
+    assert set(saved) == {"muon", "adamw"}
+
+    shutil.rmtree(run / "train" / "final")  # killed after the last checkpoint: the resume loads both states
+    shutil.rmtree(run / "train" / "checkpoints" / "checkpoint-12")
+    console = Console(record=True, width=200)
+    recipe.run(run, console=console)
+    assert "resuming from checkpoint-9 (step 9)" in console.export_text()
+
+    recipe.train.optimizer = "adamw"  # another optimizer's state cannot be loaded: trains afresh
+    console = Console(record=True, width=200)
+    recipe.run(run, console=console)
+    assert "the model, tokenizer, data or optimizer changed since train's checkpoint-12: training afresh" in (
+        console.export_text()
+    )
