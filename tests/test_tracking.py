@@ -35,9 +35,9 @@ def test_tensorboard_events_hold_every_logged_loss(tmp_path, corpus_file):
 
 def test_report_to_reaches_the_trainer_in_both_training_stages(tmp_path):
     for cfg in (TrainConfig(report_to=["tensorboard"]), FinetuneConfig(report_to=["tensorboard"])):
-        assert training_arguments(cfg, tmp_path, 10).report_to == ["tensorboard"]
+        assert training_arguments(cfg, tmp_path, 10, "fp32").report_to == ["tensorboard"]
     for cfg in (TrainConfig(), FinetuneConfig(report_to=["none"])):
-        assert training_arguments(cfg, tmp_path, 10).report_to in ([], "none", ["none"])
+        assert training_arguments(cfg, tmp_path, 10, "fp32").report_to in ([], "none", ["none"])
 
 
 def test_uninstalled_backend_fails_before_any_stage(tmp_path, corpus_file, monkeypatch):
