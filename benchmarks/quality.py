@@ -178,9 +178,9 @@ def _trainer_run(model, tok, dataset, collate, seconds: float, **args) -> tuple[
 
 def _has_bf16() -> bool:
     """What the hand-written script turns on wherever the hardware has it (issue 17's did)."""
-    from llmforge.training.precision import cpu_has_bf16
+    from llmforge.training.precision import candidates
 
-    return torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu_has_bf16()
+    return "bf16" in candidates()
 
 
 def packed_trainer_contender(shape: dict, train: Path, held: Path, seconds: float) -> dict:
