@@ -9,7 +9,7 @@ UTF-8 bytes, in windows of the context length, every token scored once (comparab
 - llmforge: a recipe with only the shape, `tokenizer.vocab_size: 8192` and `train.max_time` set; every
   other key at its default (the data stage, its own tokenizer, the schedule on the budget's clock).
 - packed Trainer (what a careful user writes by hand): the training files EOS-joined and cut into
-  256-token blocks, a byte-level BPE of 8,192 trained on them, bf16 where the hardware has it, dropout 0,
+  256-token blocks, a byte-level BPE of 8,192 trained on them, bf16 where it is faster, dropout 0,
   lr 1e-3 cosine with 30 warmup steps, weight decay 0.1, batch 8, its max_steps estimated from 10 timed
   steps so the schedule fits the budget, and a stop at the budget.
 - seed recipe (a popular tutorial): sentences padded to max_length, labels = input_ids, GPT2Config
@@ -176,11 +176,12 @@ def _trainer_run(model, tok, dataset, collate, seconds: float, **args) -> tuple[
         return trainer.state.global_step, time.perf_counter() - start
 
 
-def _has_bf16() -> bool:
-    """What the hand-written script turns on wherever the hardware has it (issue 17's did)."""
-    from llmforge.training.precision import candidates
+def _bf16_is_faster(model, context: int) -> bool:
+    """The hand-written script turns bf16 on where it is faster (issue 17's did); a CPU that emulates bf16
+    reports it but runs it slower, so this asks the same timed probe llmforge's `precision: auto` uses."""
+    from llmforge.training.precision import choose
 
-    return "bf16" in candidates()
+    return choose("auto", model, context).precision == "bf16"
 
 
 def packed_trainer_contender(shape: dict, train: Path, held: Path, seconds: float) -> dict:
@@ -201,9 +202,10 @@ def packed_trainer_contender(shape: dict, train: Path, held: Path, seconds: floa
     )  # fmt: skip
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
+    bf16 = _bf16_is_faster(model, T)
     steps, wall = _trainer_run(
         model, tok, dataset, default_data_collator, seconds, learning_rate=1e-3, lr_scheduler_type="cosine",
-        warmup_steps=30, weight_decay=0.1, per_device_train_batch_size=shape["batch_size"], bf16=_has_bf16(),
+        warmup_steps=30, weight_decay=0.1, per_device_train_batch_size=shape["batch_size"], bf16=bf16,
     )  # fmt: skip
     return {"bits_per_byte": bits_per_byte(model, tok, held.read_text(encoding="utf-8"), T), "steps": steps,
             "train_seconds": wall}  # fmt: skip
