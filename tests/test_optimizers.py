@@ -11,7 +11,7 @@ from rich.console import Console
 
 from conftest import tiny_gpt2, tiny_recipe_dict
 from llmforge import Recipe
-from llmforge.training.optimizers import MuonWithAdamW, split_parameters
+from llmforge.training.optimizers import Muon, MuonWithAdamW, orthogonalize, split_parameters
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_embeddings_head_biases_and_norms():
@@ -24,6 +24,48 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_embeddings_head_biases_and
     assert {names[id(p)] for p in decay} == {"transformer.wte.weight", "transformer.wpe.weight"}  # head tied to wte
     assert all(p.ndim == 1 for p in no_decay)
     assert len(hidden) + len(decay) + len(no_decay) == len(list(model.parameters()))
+
+
+def _muon_steps(make_optimizer, steps: int = 4) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(shape)) for shape in [(24, 40), (40, 24), (16, 16)]]
+    opt = make_optimizer(weights)
+    for step in range(steps):
+        torch.manual_seed(100 + step)
+        for w in weights:
+            w.grad = torch.randn_like(w)
+        opt.step()
+    return [w.detach().clone() for w in weights]
+
+
+def test_muon_with_bf16_newton_schulz_is_torchs_muon_exactly_and_fp32_differs_only_by_rounding():
+    torchs = _muon_steps(lambda ws: torch.optim.Muon(ws, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"))
+    bf16 = _muon_steps(lambda ws: Muon(ws, lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16))
+    fp32 = _muon_steps(lambda ws: Muon(ws, lr=0.02, weight_decay=0.1, ns_dtype=torch.float32))
+    start = _muon_steps(lambda ws: Muon(ws, lr=0.0, weight_decay=0.0), steps=0)
+    for theirs, ours, precise, first in zip(torchs, bf16, fp32, start):
+        assert torch.equal(theirs, ours)
+        moved = (theirs - first).norm()
+        assert moved > 0.1
+        assert (precise - theirs).norm() < 0.05 * moved  # bf16 rounding, not another rule
+    state = torch.optim.Muon([torch.nn.Parameter(torch.zeros(2, 2))]).state_dict()
+    assert Muon([torch.nn.Parameter(torch.zeros(2, 2))], lr=0.1, weight_decay=0.0).state_dict().keys() == state.keys()
+
+
+def test_orthogonalize_brings_every_singular_value_near_one_for_wide_and_tall_matrices():
+    torch.manual_seed(0)
+    for shape in [(32, 96), (96, 32)]:
+        matrix = torch.randn(shape) @ torch.diag(torch.logspace(-1, 1, shape[1]))
+        singular = torch.linalg.svdvals(orthogonalize(matrix, torch.float32))
+        assert orthogonalize(matrix, torch.float32).shape == shape
+        assert singular.min() > 0.5 and singular.max() < 1.3
+
+
+def test_muon_refuses_a_vector_by_its_shape():
+    bias = torch.nn.Parameter(torch.zeros(8))
+    bias.grad = torch.ones(8)
+    with pytest.raises(ValueError, match=r"weight matrices only; got a parameter of shape \(8,\)"):
+        Muon([bias], lr=0.1, weight_decay=0.0).step()
 
 
 def test_a_schedule_scales_both_halves_and_a_step_moves_every_weight():

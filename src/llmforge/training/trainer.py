@@ -58,7 +58,8 @@ class LlmforgeTrainer(Trainer):
         if self.optimizer_kind == "muon" and self.optimizer is None:
             args = self.args
             betas = (args.adam_beta1, args.adam_beta2)
-            self.optimizer = MuonWithAdamW(model or self.model, args.learning_rate, args.weight_decay, betas)
+            ns_dtype = torch.bfloat16 if args.bf16 else torch.float32  # Newton-Schulz where the matmuls are fast
+            self.optimizer = MuonWithAdamW(model or self.model, args.learning_rate, args.weight_decay, betas, ns_dtype)
         return super().create_optimizer(model)
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
