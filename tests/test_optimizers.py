@@ -43,7 +43,7 @@ def test_muon_with_bf16_newton_schulz_is_torchs_muon_exactly_and_fp32_differs_on
     bf16 = _muon_steps(lambda ws: Muon(ws, lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16))
     fp32 = _muon_steps(lambda ws: Muon(ws, lr=0.02, weight_decay=0.1, ns_dtype=torch.float32))
     start = _muon_steps(lambda ws: Muon(ws, lr=0.0, weight_decay=0.0), steps=0)
-    for theirs, ours, precise, first in zip(torchs, bf16, fp32, start):
+    for theirs, ours, precise, first in zip(torchs, bf16, fp32, start, strict=True):
         assert torch.equal(theirs, ours)
         moved = (theirs - first).norm()
         assert moved > 0.1
