@@ -12,13 +12,15 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from llmforge import rundir
 from llmforge.data.streaming import gather_states, save_states
 from llmforge.errors import TrainingError
 from llmforge.plugin.manager import Plugins
+from llmforge.training.arguments import UNTIL_TIME_IS_UP
+from llmforge.training.budget import Clock
 from llmforge.training.checkpoints import complete_checkpoints
 from llmforge.training.trainer import NAN_ADVICE
 
@@ -56,6 +58,7 @@ class LlmforgeCallback(TrainerCallback):
         blocks_per_step: int = 0,
         checkpoint_info: dict[str, Any] | Callable[[], dict[str, Any]] | None = None,
         save_at_evaluations: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self.stage = stage
         self.metrics_path = run_dir / "metrics.jsonl"
@@ -75,6 +78,20 @@ class LlmforgeCallback(TrainerCallback):
         self.blocks_per_step = blocks_per_step
         self.checkpoint_info = checkpoint_info or {}  # settings a checkpoint was made with (reruns), time spent
         self.save_at_evaluations = save_at_evaluations  # the best evaluated checkpoint can become the final model
+        self.clock = clock  # a wall-clock budget: progress is then time spent, not steps of a placeholder plan
+
+    def steps_text(self, state: TrainerState) -> str:
+        """`step 20/400`, or under a budget `step 20, 1:02 of 3:00` (and `/400` only when max_steps was set)."""
+        text = f"step {state.global_step}"
+        if state.max_steps < UNTIL_TIME_IS_UP:
+            text += f"/{state.max_steps}"
+        if self.clock is not None:
+            text += f", {_clock(self.clock.spent())} of {_clock(self.clock.budget)}"
+        return text
+
+    def fraction_done(self, state: TrainerState) -> float:
+        done = state.global_step / max(state.max_steps, 1)
+        return min(1.0, max(done, self.clock.progress())) if self.clock is not None else done
 
     # progress ------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
@@ -84,14 +101,20 @@ class LlmforgeCallback(TrainerCallback):
         self.progress = Progress(
             TextColumn(f"[bold]{self.stage}[/]"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TextColumn("{task.fields[steps]}"),
             TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
             TimeRemainingColumn(),
             console=self.console,
             transient=False,
         )
         self.task = self.progress.add_task(
-            self.stage, total=state.max_steps, completed=state.global_step, loss="-", lr="-", tps="-"
+            self.stage,
+            total=1.0,
+            completed=self.fraction_done(state),
+            steps=self.steps_text(state),
+            loss="-",
+            lr="-",
+            tps="-",
         )
         self.progress.start()
 
@@ -99,7 +122,7 @@ class LlmforgeCallback(TrainerCallback):
         if self.save_at_evaluations and control.should_evaluate:  # set by Trainer's flow callback, called first
             control.should_save = True
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+            self.progress.update(self.task, completed=self.fraction_done(state), steps=self.steps_text(state))
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
         self.close()
@@ -156,8 +179,7 @@ class LlmforgeCallback(TrainerCallback):
             )
         elif not self.console.is_terminal and "loss" in logs:
             self.console.print(
-                f"  step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}, "
-                f"{row.get('tokens_per_second', 0):,.0f} tok/s"
+                f"  {self.steps_text(state)}: loss {logs['loss']:.4f}, {row.get('tokens_per_second', 0):,.0f} tok/s"
             )
 
     def check_divergence(self, loss: float, state: TrainerState) -> None:
@@ -202,3 +224,10 @@ class LlmforgeCallback(TrainerCallback):
             if old not in keep:
                 shutil.rmtree(old, ignore_errors=True)
         self.plugins.call("on_checkpoint", stage=self.stage, path=path)
+
+
+def _clock(seconds: float) -> str:
+    """1:02, 1:02:03: a budget's time as a person reads it."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

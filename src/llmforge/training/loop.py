@@ -159,6 +159,7 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
             **({"seconds_spent": round(clock.spent(), 3)} if clock is not None else {}),
         },
         save_at_evaluations=keeps_best(cfg),
+        clock=clock,
     )
     callbacks: list[Any] = [callback]
     if start.changed:
