@@ -83,13 +83,32 @@ def test_a_schedule_scales_both_halves_and_a_step_moves_every_weight():
     assert all(p.grad is None for p in model.parameters())
     state = opt.state_dict()
     assert set(state) == {"muon", "adamw"} and state["muon"]["state"]  # Muon's momentum is kept
+    resumed = MuonWithAdamW(model, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95))
+    resumed.load_state_dict(state)
+    for group in resumed.param_groups:  # what a resumed schedule does: it must reach both optimizers
+        group["lr"] = 1e-5
+    assert {g["lr"] for g in resumed.muon.param_groups + resumed.adamw.param_groups} == {1e-5}
+    assert resumed.muon.state_dict()["state"].keys() == state["muon"]["state"].keys()
     with pytest.raises(ValueError, match="saved with another train.optimizer"):
         opt.load_state_dict(torch.optim.AdamW(model.parameters()).state_dict())
 
 
+def test_the_schedule_still_reaches_both_halves_once_accelerate_has_wrapped_the_optimizer():
+    """Trainer hands the optimizer to accelerate, which reloads its state (new group dicts): before the
+    fix the schedule set stale dicts and Muon trained at the peak rate throughout."""
+    from accelerate import Accelerator
+
+    opt = MuonWithAdamW(tiny_gpt2(), lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+    Accelerator(cpu=True).prepare(opt)
+    sched.step()
+    sched.step()
+    assert [g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups] == pytest.approx([2.5e-3] * 3)
+
+
 def test_training_with_muon_learns_and_resumes_from_its_checkpoint(tmp_path, corpus_file):
     run = tmp_path / "run"
-    recipe = Recipe.from_dict(tiny_recipe_dict(corpus_file, optimizer="muon", max_steps=12, eval_every=None))
+    recipe = Recipe.from_dict(tiny_recipe_dict(corpus_file, optimizer="muon", max_steps=12, eval_every=None, lr=1e-2))
     recipe.run(run, console=Console(quiet=True))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["stage"] == "train" and "loss" in r]

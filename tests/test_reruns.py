@@ -91,15 +91,24 @@ def test_changed_lr_on_an_unfinished_run_resumes_with_the_new_rate(tmp_path, cor
 
 def test_changed_optimizer_settings_on_resume_take_effect(tmp_path, corpus_file):
     run = tmp_path / "run"
-    recipe = _recipe(corpus_file, max_steps=3, save_every=3, eval_every=None, weight_decay=0.0)
-    _run(recipe, run)
-    recipe.train.max_steps, recipe.train.weight_decay, recipe.train.adam_beta2 = 4, 0.5, 0.99
-    text = _run(recipe, run, resume=True)
-    assert "(--resume) with changed settings: adam_beta2 0.95 -> 0.99, max_steps 3 -> 4, weight_decay 0 -> 0.5" in text
-    groups = torch.load(run / "train" / "checkpoints" / "checkpoint-4" / "optimizer.pt", weights_only=False)
-    decayed, plain = groups["param_groups"]
-    assert decayed["weight_decay"] == 0.5 and plain["weight_decay"] == 0.0  # biases and norms stay undecayed
-    assert decayed["betas"] == (0.9, 0.99)
+    for optimizer in ("adamw", "muon"):
+        run = tmp_path / optimizer
+        train = {"max_steps": 3, "save_every": 3, "eval_every": None, "weight_decay": 0.0, "adam_beta2": 0.95}
+        recipe = _recipe(corpus_file, optimizer=optimizer, **train)
+        _run(recipe, run)
+        recipe.train.max_steps, recipe.train.weight_decay, recipe.train.adam_beta2 = 4, 0.5, 0.99
+        text = _run(recipe, run, resume=True)
+        assert "with changed settings: adam_beta2 0.95 -> 0.99, max_steps 3 -> 4, weight_decay 0 -> 0.5" in text
+        saved = torch.load(run / "train" / "checkpoints" / "checkpoint-4" / "optimizer.pt", weights_only=False)
+        if optimizer == "adamw":
+            decayed, plain = saved["param_groups"]
+            hidden = decayed
+        else:
+            (hidden,) = saved["muon"]["param_groups"]
+            decayed, plain = saved["adamw"]["param_groups"]
+        assert hidden["weight_decay"] == decayed["weight_decay"] == 0.5  # Muon's matrices and AdamW's embeddings
+        assert plain["weight_decay"] == 0.0  # biases and norms stay undecayed
+        assert decayed["betas"] == (0.9, 0.99)
 
 
 def test_a_later_end_trains_on_from_the_finished_run(tmp_path, corpus_file):

@@ -77,10 +77,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
         hidden, decay, no_decay = split_parameters(model)
         if not hidden:
             raise ValueError("optimizer muon found no hidden weight matrices to optimise in this model")
-        muon_groups = [{"params": hidden, "weight_decay": weight_decay}]
+        # "decay" marks the groups whose weight decay a resume with a new train.weight_decay changes (reruns)
+        muon_groups = [{"params": hidden, "weight_decay": weight_decay, "decay": True}]
         adam_groups = [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": weight_decay, "decay": True},
+            {"params": no_decay, "weight_decay": 0.0, "decay": False},
         ]
         adam_groups = [g for g in adam_groups if g["params"]]
         self.muon = Muon(muon_groups, lr=lr, weight_decay=weight_decay, ns_dtype=ns_dtype)
@@ -106,6 +107,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
             )
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+        # loading replaces the two's group dicts: share the new ones, or a resumed schedule would set stale ones
+        self.param_groups = [*self.muon.param_groups, *self.adamw.param_groups]
 
 
 def split_parameters(model: torch.nn.Module) -> tuple[list[Any], list[Any], list[Any]]:

@@ -223,7 +223,8 @@ class ApplySettings(TrainerCallback):
         for index, group in enumerate(groups):
             group["initial_lr"] = args.learning_rate
             group["betas"] = (args.adam_beta1, args.adam_beta2)
-            group["weight_decay"] = args.weight_decay if index == 0 else 0.0  # Trainer: decayed group first
+            decayed = group.get("decay", index == 0)  # Trainer's AdamW: the decayed group first; Muon's mark theirs
+            group["weight_decay"] = args.weight_decay if decayed else 0.0
         scheduler.base_lrs = [args.learning_rate] * len(groups)
         lambdas = getattr(scheduler, "lr_lambdas", None)
         if lambdas is not None:
