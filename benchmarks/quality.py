@@ -10,8 +10,8 @@ UTF-8 bytes, in windows of the context length, every token scored once (comparab
   other key at its default (the data stage, its own tokenizer, the schedule on the budget's clock).
 - packed Trainer (what a careful user writes by hand): the training files EOS-joined and cut into
   256-token blocks, a byte-level BPE of 8,192 trained on them, bf16 where it is faster, dropout 0,
-  lr 1e-3 cosine with 30 warmup steps, weight decay 0.1, batch 8, its max_steps fitted from 10 timed
-  Trainer steps on a copy of the model so the schedule fits the budget, and a stop at the budget.
+  lr 1e-3 cosine with 30 warmup steps, weight decay 0.1, batch 8, its max_steps fitted from the last 10 of
+  30 timed Trainer steps on a copy of the model so the schedule fits the budget, and a stop at the budget.
 - seed recipe (a popular tutorial): sentences padded to max_length, labels = input_ids, GPT2Config
   defaults (dropout 0.1), Trainer defaults (lr 5e-5), max_steps estimated the same way.
 
@@ -130,9 +130,10 @@ def llmforge_contender(shape: dict, train: Path, held: Path, seconds: float, set
 
 
 def _trainer_run(model, tok, dataset, collate, seconds: float, **args) -> tuple[int, float]:
-    """Train with transformers' Trainer for `seconds`: max_steps fitted from 13 steps of the same Trainer on a
-    copy of the model (the median of the last 10: Trainer's own overhead and clipping included), a stop at the
-    budget. Timing a bare loop instead had planned 20% too few steps on this machine (the run ended early)."""
+    """Train with transformers' Trainer for `seconds`: max_steps fitted from 30 steps of the same Trainer on a
+    copy of the model (the median of the last 10: Trainer's own overhead and clipping included; the first
+    steps run up to 25% slower while the allocator settles), a stop at the budget. Fitting from a bare loop's
+    steps 4-13 had planned 20-35% too few steps on this machine: the schedule ended at 143 s of 180."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class StopAtTime(TrainerCallback):
@@ -162,8 +163,8 @@ def _trainer_run(model, tok, dataset, collate, seconds: float, **args) -> tuple[
 
     with tempfile.TemporaryDirectory() as out:
         timer = StepTimes()
-        make(copy.deepcopy(model).train(), 13, out, timer).train()  # a copy: the model trained starts untouched
-        per_step = sorted(timer.times[3:])[len(timer.times[3:]) // 2]
+        make(copy.deepcopy(model).train(), 30, out, timer).train()  # a copy: the model trained starts untouched
+        per_step = sorted(timer.times[-10:])[5]
         trainer = make(model, max(10, int(seconds / per_step)), out, StopAtTime())
         start = time.perf_counter()
         trainer.train()

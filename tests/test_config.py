@@ -95,8 +95,8 @@ def test_config_error_is_an_llmforge_error():
         (TrainConfig, "batch_size", "eight", "'train.batch_size' must be an integer, got 'eight' (str)."),
         (TrainConfig, "batch_size", 8.0, "'train.batch_size' must be an integer, got 8.0 (float)."),
         (TrainConfig, "batch_size", True, "'train.batch_size' must be an integer, got True (bool)."),
-        (TrainConfig, "lr", "fast", "'train.lr' must be a number, got 'fast' (str)."),
-        (TrainConfig, "lr", True, "'train.lr' must be a number, got True (bool)."),
+        (TrainConfig, "lr", "fast", "'train.lr' must be a number or null, got 'fast' (str)."),
+        (TrainConfig, "lr", True, "'train.lr' must be a number or null, got True (bool)."),
         (TrainConfig, "torch_compile", "yes", "'train.torch_compile' must be true or false, got 'yes' (str)."),
         (TrainConfig, "torch_compile", 1, "'train.torch_compile' must be true or false, got 1 (int)."),
         (TrainConfig, "max_steps", "10", "'train.max_steps' must be an integer or null, got '10' (str)."),
@@ -200,8 +200,8 @@ def test_optional_accepts_none_and_the_type():
 
 
 def test_none_rejected_when_not_optional():
-    with pytest.raises(ConfigError, match=r"'train.lr' must be a number, got None \(NoneType\)\."):
-        from_mapping(TrainConfig, {"lr": None}, "train")
+    with pytest.raises(ConfigError, match=r"'train.weight_decay' must be a number, got None \(NoneType\)\."):
+        from_mapping(TrainConfig, {"weight_decay": None}, "train")
 
 
 def test_union_of_str_list_and_dict():
@@ -242,7 +242,8 @@ def test_field_docs_rows():
     rows = field_docs(TrainConfig)
     by_name = {r[0]: r for r in rows}
     assert [r[0] for r in rows] == [f for f in TrainConfig.__dataclass_fields__]
-    assert by_name["lr"] == ("lr", "a number", 6e-4, "Peak learning rate.")
+    assert by_name["lr"][:3] == ("lr", "a number or null", None)
+    assert by_name["weight_decay"] == ("weight_decay", "a number", 0.1, "AdamW weight decay.")
     assert by_name["max_steps"][1] == "an integer or null"
     assert by_name["max_steps"][2] is None
     assert by_name["schedule"][1] == "one of 'cosine', 'linear', 'constant'"

@@ -34,9 +34,9 @@ def test_tensorboard_events_hold_every_logged_loss(tmp_path, corpus_file):
 
 
 def test_report_to_reaches_the_trainer_in_both_training_stages(tmp_path):
-    for cfg in (TrainConfig(report_to=["tensorboard"]), FinetuneConfig(report_to=["tensorboard"])):
+    for cfg in (TrainConfig(report_to=["tensorboard"], lr=1e-3), FinetuneConfig(report_to=["tensorboard"])):
         assert training_arguments(cfg, tmp_path, 10, "fp32").report_to == ["tensorboard"]
-    for cfg in (TrainConfig(), FinetuneConfig(report_to=["none"])):
+    for cfg in (TrainConfig(lr=1e-3), FinetuneConfig(report_to=["none"])):
         assert training_arguments(cfg, tmp_path, 10, "fp32").report_to in ([], "none", ["none"])
 
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
 from llmforge.errors import ConfigError, TrainingError
-from llmforge.training.arguments import planned_steps, precision_flags
+from llmforge.training.arguments import peak_lr, planned_steps, precision_flags
 
 NAN_PLUGIN = """
     from llmforge import hookimpl
@@ -165,6 +165,24 @@ def test_planned_steps_from_epochs():
     assert planned_steps(TrainConfig(max_steps=7), n_blocks=10**6, world=1) == 7
 
 
+def test_an_unset_lr_is_the_rate_measured_at_256_wide_falling_as_one_over_width(tmp_path, corpus_file, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from llmforge.config.schema import TrainConfig
+
+    def lr_for(width: int, lr: float | None = None) -> float:
+        model = GPT2LMHeadModel(GPT2Config(n_embd=width, n_layer=1, n_head=2, vocab_size=64, n_positions=8))
+        return peak_lr(TrainConfig(lr=lr), model)
+
+    assert lr_for(128) == lr_for(256) == pytest.approx(2e-3)
+    assert lr_for(768) == pytest.approx(2e-3 / 3)  # GPT-2 124M's width: near its usual 6e-4
+    assert lr_for(768, lr=1e-4) == 1e-4  # a recipe's own lr wins
+    _recipe(corpus_file, lr=None, max_steps=2, eval_every=None, save_every=None).run(tmp_path / "run")
+    assert "peak learning rate 0.002 (train.lr unset: set by width)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r.get("learning_rate", 0) for r in rows) <= 2e-3
+
+
 def test_early_stopping_needs_eval_every(tmp_path, corpus_file):
     recipe = _recipe(corpus_file, early_stopping=2, eval_every=None)
     with pytest.raises(ConfigError, match="early_stopping needs train.eval_every"):
@@ -185,7 +203,16 @@ def test_fused_loss_trains_like_the_models_own_loss(tmp_path, corpus_file):
 
 def test_the_final_model_is_the_best_evaluated_checkpoint(tmp_path, corpus_file, capsys):
     recipe = _recipe(
-        corpus_file, max_steps=12, eval_every=2, save_every=None, lr=0.3, schedule="constant", divergence_factor=None
+        corpus_file,
+        max_steps=12,
+        eval_every=2,
+        save_every=None,
+        lr=0.3,
+        schedule="constant",
+        divergence_factor=None,
+        optimizer="adamw",  # AdamW with beta2 0.95 at this rate overshoots: validation loss rises at the end
+        adam_beta2=0.95,
+        warmup=0,
     )
     recipe.run(tmp_path / "run")
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -131,17 +131,23 @@ class TrainConfig:
     )
     batch_size: int = _f(8, "Blocks per device per micro-batch.")
     grad_accum: int = _f(1, "Micro-batches per optimizer step.")
-    lr: float = _f(6e-4, "Peak learning rate.")
+    lr: float | None = _f(
+        None,
+        "Peak learning rate. Unset: 2e-3 up to 256 wide, then 2e-3 x 256 / width (6.7e-4 at 768), the rate "
+        "measured best at 256 wide falling as AdamW's best rate does with width (docs/performance.md).",
+    )
     optimizer: Literal["adamw", "muon"] = _f(
-        "adamw",
-        "adamw (fused), or muon: torch's Muon on the hidden weight matrices and AdamW on embeddings, head, biases "
-        "and norms, with one lr and weight_decay for both (Muon's update scaled to AdamW's size).",
+        "muon",
+        "muon: Muon (Newton-Schulz in the training's precision) on the hidden weight matrices and AdamW on "
+        "embeddings, head, biases and norms, one lr and weight_decay for both (Muon's update scaled to AdamW's "
+        "size); or adamw (fused) for everything. muon is the default: lower held-out loss in the same time on both "
+        "benchmark corpora (docs/performance.md).",
     )
     schedule: Literal["cosine", "linear", "constant"] = _f("cosine", "Learning-rate schedule after warmup.")
-    warmup: float = _f(0.0, "Warmup: a fraction of the steps if below 1, else a number of steps.")
+    warmup: float = _f(0.05, "Warmup: a fraction of the steps if below 1, else a number of steps.")
     weight_decay: float = _f(0.1, "AdamW weight decay.")
     adam_beta1: float = _f(0.9, "AdamW beta1.")
-    adam_beta2: float = _f(0.95, "AdamW beta2.")
+    adam_beta2: float = _f(0.999, "AdamW beta2.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables clipping).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto",
@@ -246,8 +252,12 @@ class FinetuneConfig(TrainConfig):
     batch_size: int = _f(8, "Examples (or packed rows) per device per micro-batch.")
     epochs: float = _f(3.0, "Passes over the training examples (ignored when max_steps is set).")
     lr: float = _f(1e-4, "Peak learning rate.")
+    optimizer: Literal["adamw", "muon"] = _f(
+        "adamw", "adamw (fused), or muon as in train: a model pretrained elsewhere was trained with AdamW."
+    )
     warmup: float = _f(0.03, "Warmup: a fraction of the steps if below 1, else a number of steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
+    adam_beta2: float = _f(0.95, "AdamW beta2.")
 
 
 @dataclass

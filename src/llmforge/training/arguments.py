@@ -24,7 +24,7 @@ def validate(cfg: TrainConfig, where: str = "train") -> None:
     if cfg.max_steps is None and cfg.epochs <= 0:
         raise ConfigError(f"{where}.epochs must be positive, got {cfg.epochs}.")
     parse_duration(cfg.max_time, f"{where}.max_time")
-    if not cfg.lr > 0:
+    if cfg.lr is not None and not cfg.lr > 0:
         raise ConfigError(f"{where}.lr must be positive, got {cfg.lr}.")
     if cfg.early_stopping and not cfg.eval_every:
         raise ConfigError(f"{where}.early_stopping needs {where}.eval_every: the patience counts evaluations.")
@@ -45,6 +45,21 @@ def keeps_best(cfg: TrainConfig) -> bool:
 
 
 UNTIL_TIME_IS_UP = 10**9  # the steps Trainer plans when only a wall-clock budget ends training
+
+
+AUTO_LR = 2e-3  # the best peak rate measured at AUTO_LR_WIDTH (docs/performance.md, benchmarks/quality.py)
+AUTO_LR_WIDTH = 256
+
+
+def peak_lr(cfg: TrainConfig, model: torch.nn.Module) -> float:
+    """`lr`, or where the recipe leaves it unset: AUTO_LR up to AUTO_LR_WIDTH wide, then falling as 1/width,
+    as AdamW's best rate does (GPT-3's table: 6e-4 at 768 wide, 2e-4 at 2,048; this gives 6.7e-4 and 2.5e-4).
+    One fixed rate cannot serve both: 2e-3 is measured best at 256 wide and too high for GPT-2 124M."""
+    if cfg.lr is not None:
+        return cfg.lr
+    config = getattr(model, "config", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    return AUTO_LR * min(1.0, AUTO_LR_WIDTH / width) if width else AUTO_LR
 
 
 def planned_steps(cfg: TrainConfig, n_blocks: int, world: int) -> int:
@@ -68,7 +83,10 @@ def precision_flags(precision: str) -> dict[str, bool]:
 def training_arguments(
     cfg: TrainConfig, output_dir: Path, steps: int, precision: str | None = None
 ) -> TrainingArguments:
-    """`precision`: the one chosen for `auto` (default: cfg.precision, which must then not be auto)."""
+    """`precision`: the one chosen for `auto` (default: cfg.precision, which must then not be auto); cfg.lr
+    must be set (llmforge.training.arguments.peak_lr fills it in from the model)."""
+    if cfg.lr is None:
+        raise ValueError("training_arguments needs a learning rate: pass dataclasses.replace(cfg, lr=peak_lr(...))")
     warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
     evaluate = cfg.eval_every is not None
     best = keeps_best(cfg)

@@ -34,7 +34,7 @@ from llmforge.models.attention import document_attention
 from llmforge.models.lora import parameter_counts
 from llmforge.plugin.manager import Plugins
 from llmforge.training.allocator import keep_freed_memory
-from llmforge.training.arguments import UNTIL_TIME_IS_UP, keeps_best, planned_steps, training_arguments
+from llmforge.training.arguments import UNTIL_TIME_IS_UP, keeps_best, peak_lr, planned_steps, training_arguments
 from llmforge.training.budget import Clock, StopAtBudget, budget_schedule, parse_duration, spent_in
 from llmforge.training.callbacks import LlmforgeCallback, truncate_metrics
 from llmforge.training.checkpoints import last_evaluation, logged, save_final
@@ -123,15 +123,16 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     clock = Clock(budget, spent_in(start.checkpoint)) if budget is not None else None
     model = job.make_model(cfg)
     trainable, total = parameter_counts(model)
-    job.plugins.call("prepare_model", model=model, stage=job.stage, config=cfg)
+    # timed before the plugins' prepare_model: their hooks must see training's forwards only, not the probe's
     with dist.main_process_first() if dist is not None else contextlib.nullcontext():  # the others read its cache
         precision = choose_precision(cfg.precision, model, job.block_length or max(1, round(job.row_tokens)))
+    job.plugins.call("prepare_model", model=model, stage=job.stage, config=cfg)
     guard = DocumentMaskGuard().attach(model) if job.document_guard else None
     compile_body = cfg.torch_compile and cfg.fused_loss and world == 1 and fused_loss_supported(model)
     if compile_body:  # the fused loss calls the body directly, so compile the body, not the wrapper
         model.base_model.compile()
     args = training_arguments(
-        dataclasses.replace(cfg, torch_compile=cfg.torch_compile and not compile_body),
+        dataclasses.replace(cfg, torch_compile=cfg.torch_compile and not compile_body, lr=peak_lr(cfg, model)),
         ckpt_dir,
         steps,
         precision.precision,
@@ -191,6 +192,8 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     if resume:
         _say_batch_change(job.console, resume[0], tokens_per_step)
     job.console.print(f"  {_plan(job, cfg, steps, tokens_per_step, world)}")
+    if cfg.lr is None:
+        job.console.print(f"  peak learning rate {args.learning_rate:.2g} ({job.stage}.lr unset: set by width)")
     if measured := precision.describe():
         job.console.print(f"  {measured}")
     with document_attention(model), job.quiet():
