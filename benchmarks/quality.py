@@ -283,6 +283,12 @@ def main() -> None:
             print("| contender | steps | training seconds | held-out bits/byte |\n| --- | ---: | ---: | ---: |")
             for contender, r in results.items():
                 print(f"| {contender} | {r['steps']} | {r['train_seconds']:.0f} | {r['bits_per_byte']:.3f} |")
+            for contender, r in results.items():
+                if r["train_seconds"] < 0.9 * seconds:  # its max_steps, fitted from timed steps, ran out early
+                    print(
+                        f"note: {contender} trained {r['train_seconds']:.0f} s of the {seconds:g}: its steps were "
+                        "timed while the machine was busier; rerun on a quiet machine before trusting its ratio"
+                    )
             if "llmforge" not in results:
                 continue
             ours = results["llmforge"]["bits_per_byte"]
