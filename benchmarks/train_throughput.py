@@ -69,6 +69,7 @@ def bare_contender(shape: dict, tokenizer: str) -> dict:
     from llmforge.data.batches import PackedCollator
     from llmforge.models.attention import document_attention
     from llmforge.training.allocator import keep_freed_memory
+    from llmforge.training.optimizers import MuonWithAdamW
     from llmforge.training.precision import choose
 
     with tempfile.TemporaryDirectory() as out:
@@ -84,14 +85,9 @@ def bare_contender(shape: dict, tokenizer: str) -> dict:
     collate = PackedCollator(eos)
     loader = torch.utils.data.DataLoader(blocks, batch_size=shape["batch_size"], shuffle=True, collate_fn=collate)
     steps = WARM + shape["steps"]
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    rest = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-        lr=3e-4,
-        betas=(0.9, 0.95),
-        fused=True,
-    )
+    # llmforge's default optimizer (train.optimizer: muon), Newton-Schulz in the training's precision
+    ns_dtype = torch.bfloat16 if bf16 else torch.float32
+    opt = MuonWithAdamW(model, lr=3e-4, weight_decay=0.1, betas=(0.9, 0.999), ns_dtype=ns_dtype)
     sched = get_cosine_schedule_with_warmup(opt, 0, steps)
     model.train()
     times = []
