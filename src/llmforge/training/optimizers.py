@@ -59,7 +59,7 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(param.grad, 1 - momentum)
                 update = orthogonalize(param.grad.lerp(buf, momentum), group["ns_dtype"])
                 param.mul_(1 - lr * group["weight_decay"])
-                param.add_(update.to(param.dtype), alpha=-lr * 0.2 * math.sqrt(max(param.shape[:2])))
+                param.add_(update.to(param.dtype), alpha=-lr * 0.2 * math.sqrt(max(param.shape)))
         return loss
 
 
