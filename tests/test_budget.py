@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+import transformers
 from rich.console import Console
 
 from conftest import tiny_recipe_dict
@@ -37,6 +38,35 @@ def test_the_schedule_follows_the_clock():
         assert factor(1) == pytest.approx(expected, abs=1e-6), spent
     clock.spent_before = 0.0
     assert factor(10**9 // 2) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 0.4 / 0.9)).item()))
+
+
+def test_warmup_stable_decay_holds_the_peak_then_falls_linearly_to_zero_over_the_last_fifth():
+    clock = Clock(budget=100.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    factor = budget_schedule(opt, clock, "wsd", warmup=0.1, steps=10**9).lr_lambdas[0]
+    # after warmup (10 s) the rest is 90 s; decay starts 80% through it (82 s) and ends at the budget
+    for spent, expected in [(5, 0.5), (10, 1.0), (50, 1.0), (82, 1.0), (91, 0.5), (100, 0.0)]:
+        clock.spent_before = spent
+        assert factor(1) == pytest.approx(expected, abs=1e-6), spent
+
+
+def test_warmup_stable_decay_by_steps_is_transformers_schedule_with_the_same_shape(tmp_path):
+    from llmforge.config.schema import TrainConfig
+    from llmforge.training.arguments import training_arguments
+
+    args = training_arguments(TrainConfig(lr=1e-3, schedule="wsd", warmup=10), tmp_path, steps=110, precision="fp32")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    kwargs = args.lr_scheduler_kwargs
+    sched = transformers.get_scheduler(
+        args.lr_scheduler_type, opt, args.warmup_steps, args.max_steps, scheduler_specific_kwargs=kwargs
+    )
+    rates = []
+    for _ in range(110):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates[10] == rates[89] == pytest.approx(1e-3)  # stable from warmup's end to the decay's start
+    assert rates[100] == pytest.approx(0.5e-3, rel=0.06) and rates[109] < 0.06e-3  # linear over the last 20 steps
 
 
 def _recipe(corpus_file, **train) -> Recipe:

@@ -106,7 +106,7 @@ def test_config_error_is_an_llmforge_error():
             TrainConfig,
             "schedule",
             "cosin",
-            "'train.schedule' must be one of 'cosine', 'linear', 'constant', got 'cosin' (str).",
+            "'train.schedule' must be one of 'cosine', 'linear', 'wsd', 'constant', got 'cosin' (str).",
         ),
         (
             TrainConfig,
@@ -246,7 +246,7 @@ def test_field_docs_rows():
     assert by_name["weight_decay"] == ("weight_decay", "a number", 0.1, "AdamW weight decay.")
     assert by_name["max_steps"][1] == "an integer or null"
     assert by_name["max_steps"][2] is None
-    assert by_name["schedule"][1] == "one of 'cosine', 'linear', 'constant'"
+    assert by_name["schedule"][1] == "one of 'cosine', 'linear', 'wsd', 'constant'"
     assert by_name["report_to"][1:3] == ("a list of strings", ["none"])
     assert by_name["torch_compile"][1:3] == ("true or false", False)
 

@@ -143,7 +143,11 @@ class TrainConfig:
         "size); or adamw (fused) for everything. muon is the default: lower held-out loss in the same time on both "
         "benchmark corpora (docs/performance.md).",
     )
-    schedule: Literal["cosine", "linear", "constant"] = _f("cosine", "Learning-rate schedule after warmup.")
+    schedule: Literal["cosine", "linear", "wsd", "constant"] = _f(
+        "cosine",
+        "Learning-rate schedule after warmup, to zero at the end: cosine, linear, wsd (constant, then linear over the "
+        "last 20%), or constant.",
+    )
     warmup: float = _f(0.05, "Warmup: a fraction of the steps if below 1, else a number of steps.")
     weight_decay: float = _f(0.1, "AdamW weight decay.")
     adam_beta1: float = _f(0.9, "AdamW beta1.")

@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from llmforge.config.schema import TrainConfig
 from llmforge.errors import ConfigError
-from llmforge.training.budget import parse_duration
+from llmforge.training.budget import WSD_DECAY, parse_duration
 from llmforge.training.distributed import use_cpu
 from llmforge.training.precision import check as check_precision
 
@@ -98,7 +98,17 @@ def training_arguments(
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
-        lr_scheduler_type={"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule],
+        lr_scheduler_type={
+            "cosine": "cosine",
+            "linear": "linear",
+            "wsd": "warmup_stable_decay",
+            "constant": "constant_with_warmup",
+        }[cfg.schedule],
+        lr_scheduler_kwargs=(
+            {"num_decay_steps": max(1, int(WSD_DECAY * (steps - warmup))), "decay_type": "linear"}
+            if cfg.schedule == "wsd"
+            else {}
+        ),
         warmup_steps=warmup,
         weight_decay=cfg.weight_decay,
         adam_beta1=cfg.adam_beta1,

@@ -71,9 +71,13 @@ def spent_in(checkpoint: Path | None) -> float:
     return float(info.get("seconds_spent", 0.0))
 
 
+WSD_DECAY = 0.2  # warmup-stable-decay: the share of the run (after warmup) spent decaying to zero
+
+
 def budget_schedule(optimizer: Any, clock: Clock, schedule: str, warmup: float, steps: int) -> Any:
     """A LambdaLR whose progress is max(step / steps, seconds spent / budget): warmup (a fraction of the
-    budget below 1, else a number of steps), then cosine or linear decay to zero, or constant."""
+    budget below 1, else a number of steps), then cosine or linear decay to zero, warmup-stable-decay
+    (constant, then linear to zero over the last WSD_DECAY of it), or constant."""
     from torch.optim.lr_scheduler import LambdaLR
 
     def factor(step: int) -> float:
@@ -91,6 +95,8 @@ def budget_schedule(optimizer: Any, clock: Clock, schedule: str, warmup: float, 
             return 0.5 * (1.0 + math.cos(math.pi * rest))
         if schedule == "linear":
             return 1.0 - rest
+        if schedule == "wsd":
+            return min(1.0, (1.0 - rest) / WSD_DECAY)
         return 1.0
 
     return LambdaLR(optimizer, factor)
