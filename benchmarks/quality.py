@@ -125,7 +125,7 @@ def llmforge_contender(shape: dict, train: Path, held: Path, seconds: float, set
         return {
             "bits_per_byte": bits_per_byte(model, tok, held.read_text(encoding="utf-8"), shape["context_length"]),
             "steps": final["steps"],
-            "train_seconds": final["seconds_spent"],
+            "train_seconds": final["seconds_spent"] if final["seconds_spent"] is not None else final["train_seconds"],
         }
 
 
