@@ -22,19 +22,31 @@ REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO / "examples" / "data" / "corpus"
 
 
-def machine(threads: int) -> str:
-    cpu = "unknown CPU"
+MATMUL_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # what makes bf16 matmuls fast on a CPU
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """(the CPU's model name, its flags) from /proc/cpuinfo; ("unknown CPU", set()) where there is none."""
+    cpu, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown CPU":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return cpu, flags
+
+
+def machine(threads: int) -> str:
+    """The CPU (with the flags that set its matmul speed), GPU, versions, threads and load, in one line."""
+    cpu, flags = cpu_info()
+    has = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in MATMUL_FLAGS) if flags else "flags unknown"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"machine: {cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, python "
+        f"machine: {cpu} ({has}), {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, python "
         f"{platform.python_version()}; {threads} torch thread(s); load average {load:.2f} at start"
     )
 

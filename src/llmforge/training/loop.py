@@ -237,6 +237,7 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
         "tokens_per_second": round(done_steps * tokens_per_step / wall, 1) if wall > 0 else None,
         "seconds_spent": round(clock.spent(), 1) if clock is not None else None,
         "train_seconds": round(wall, 1),
+        "precision": precision.precision,
         **job.outputs,
     }
     if job.streaming and resume is not None and train_set.first_block_seconds is not None:
