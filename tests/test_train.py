@@ -201,24 +201,43 @@ def test_fused_loss_trains_like_the_models_own_loss(tmp_path, corpus_file):
         assert norm_a == pytest.approx(norm_b, rel=1e-4)
 
 
-def test_the_final_model_is_the_best_evaluated_checkpoint(tmp_path, corpus_file, capsys):
+SCRAMBLE_PLUGIN = """
+    import torch
+    from llmforge import hookimpl
+
+    models = []
+
+    @hookimpl
+    def prepare_model(model, stage, config):
+        models.append(model)
+
+    @hookimpl
+    def on_log(stage, metrics):
+        if metrics.get("step") == 8 and "eval_loss" in metrics:  # after step 8's evaluation: a worse model
+            with torch.no_grad():
+                for p in models[-1].parameters():
+                    p.add_(torch.randn_like(p) * 2.0)
+"""
+
+
+def test_the_final_model_is_the_best_evaluated_checkpoint(tmp_path, monkeypatch, corpus_file, capsys):
+    name = _plugin(tmp_path, monkeypatch, "scramble_after_8", SCRAMBLE_PLUGIN)
     recipe = _recipe(
         corpus_file,
+        [name],
         max_steps=12,
         eval_every=2,
         save_every=None,
-        lr=0.3,
+        lr=1e-2,
         schedule="constant",
         divergence_factor=None,
-        optimizer="adamw",  # AdamW with beta2 0.95 at this rate overshoots: validation loss rises at the end
-        adam_beta2=0.95,
         warmup=0,
     )
     recipe.run(tmp_path / "run")
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
     best = min(losses, key=losses.get)
-    assert best != 12  # the recipe is chosen so that validation loss rises at the end
+    assert best != 12  # the weights were scrambled after step 8: validation loss rises at the end
     final = tmp_path / "run" / "train" / "final"
     info = json.loads((final / ".llmforge.json").read_text())["info"]
     assert info["best_step"] == best and info["val_loss"] == pytest.approx(losses[best])

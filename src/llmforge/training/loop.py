@@ -39,6 +39,7 @@ from llmforge.training.budget import Clock, StopAtBudget, budget_schedule, parse
 from llmforge.training.callbacks import LlmforgeCallback, truncate_metrics
 from llmforge.training.checkpoints import last_evaluation, logged, save_final
 from llmforge.training.distributed import distributed_state, world_size
+from llmforge.training.loss import use_vocab_cross_entropy
 from llmforge.training.precision import choose as choose_precision
 from llmforge.training.reruns import ApplySettings, Mode, Start, settings, start_point
 from llmforge.training.trainer import LlmforgeTrainer, fused_loss_supported
@@ -122,6 +123,7 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     budget = parse_duration(cfg.max_time, f"{job.stage}.max_time")
     clock = Clock(budget, spent_in(start.checkpoint)) if budget is not None else None
     model = job.make_model(cfg)
+    use_vocab_cross_entropy(model)  # its own loss, same value, fewer passes over the logits
     trainable, total = parameter_counts(model)
     # timed before the plugins' prepare_model: their hooks must see training's forwards only, not the probe's
     with dist.main_process_first() if dist is not None else contextlib.nullcontext():  # the others read its cache
