@@ -95,6 +95,7 @@ def contender(model: dict, setting: dict, lr: float, seed: int, max_documents: i
                 "max_steps": steps,
                 "batch_size": setting["batch_size"],
                 "lr": lr,
+                "schedule": "cosine",
                 "warmup": 0.05,
                 "log_every": 1,
                 "seed": seed,

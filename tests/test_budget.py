@@ -87,7 +87,7 @@ def test_training_stops_within_a_step_of_its_budget_and_saves_there(tmp_path, co
     step_seconds = info["train_seconds"] / max(info["steps"], 1)
     assert info["steps"] == steps[-1]["step"] > 5
     assert 4.0 <= info["seconds_spent"] <= 4.0 + 3 * step_seconds + 0.5  # stopped at the first step past 4 s
-    assert steps[-1]["learning_rate"] < 0.05 * 3e-3  # the cosine reached its end with the budget
+    assert steps[-1]["learning_rate"] < 0.05 * 3e-3  # the schedule reached its end with the budget
     text = console.export_text()
     assert "4s of training of 128 tokens" in text
     assert re.search(r"step 3, 0:0\d of 0:04: loss", text)  # the budget's clock, not a placeholder step count
