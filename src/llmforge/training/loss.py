@@ -148,10 +148,16 @@ def causal_lm_loss(
 def use_vocab_cross_entropy(model: torch.nn.Module) -> bool:
     """Make a causal LM's own loss causal_lm_loss (same value, fewer passes over the logits) when it is
     transformers' ForCausalLMLoss; a model with a loss of another kind keeps it. True if it was set."""
-    from transformers.loss.loss_utils import ForCausalLMLoss
+    from transformers import PreTrainedModel
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft's wrapper
-    if getattr(base, "loss_function", None) is not ForCausalLMLoss:
+    if not isinstance(base, PreTrainedModel) or type(base).loss_function is not PreTrainedModel.loss_function:
+        return False
+    # what the property would return, without reading it: it warns about GPT-2's unset loss_type on every read
+    loss_type = getattr(base, "loss_type", None)
+    current = getattr(base, "_loss_function", LOSS_MAPPING[loss_type if loss_type in LOSS_MAPPING else "ForCausalLM"])
+    if current is not ForCausalLMLoss:
         return False
     base.loss_function = causal_lm_loss
     return True
