@@ -109,6 +109,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(machine(args.threads))
+    flags = cpu_info()[1]
     peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
     # MFU's denominator is the faster of the two peaks: where bf16 is emulated (no AVX-512 bf16, no AMX) fp32's
     best = max(peaks, key=peaks.get)
@@ -142,7 +143,7 @@ def main() -> None:
     if torch.cuda.is_available():
         kind, goal = "gpu", 0.50
     else:
-        kind, goal = ("cpu_amx", 0.50) if "amx_bf16" in cpu_info()[1] else ("cpu_no_amx", 0.80)
+        kind, goal = ("cpu_amx", 0.50) if "amx_bf16" in flags else ("cpu_no_amx", 0.80)
     print(target(f"mfu_gpt2_124m_{kind}", base["mfu"], ">=", goal, "{:.3f}"))
 
 

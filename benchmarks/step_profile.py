@@ -18,8 +18,7 @@ hookimpl = pluggy.HookimplMarker("llmforge")
 WINDOW: tuple[int, int] | None = None  # (first, last) optimizer step profiled, both included
 SUMMARY: dict[str, Any] | None = None
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation", "aten::linear"}
-ATTENTION = "scaled_dot_product"  # the SDPA/flash/flex kernels' names contain one of these
-ATTENTION_NAMES = (ATTENTION, "flash_attention", "flex_attention", "efficient_attention")
+ATTENTION = ("scaled_dot_product", "flash_attention", "flex_attention", "efficient_attention")  # in kernels' names
 _profiler: torch.profiler.profile | None = None
 
 
@@ -30,15 +29,25 @@ def _self_time(event: Any) -> float:
 
 def summarise(events: Any, top: int = 6) -> dict[str, Any]:
     """{"matmul": share, "attention": share, "others": [(op, share), ...]} of the total self time."""
-    times = {e.key: _self_time(e) for e in events if _self_time(e) > 0}
-    total = sum(times.values()) or 1.0
-    matmul = sum(t for k, t in times.items() if k in MATMULS)
-    attention = sum(t for k, t in times.items() if any(n in k for n in ATTENTION_NAMES))
-    rest = sorted(
-        ((k, t / total) for k, t in times.items() if k not in MATMULS and not any(n in k for n in ATTENTION_NAMES)),
-        key=lambda kv: -kv[1],
-    )
-    return {"matmul": matmul / total, "attention": attention / total, "others": rest[:top], "op_ms": total / 1000}
+    shares = {"matmul": 0.0, "attention": 0.0}
+    others = {}
+    for event in events:
+        if (spent := _self_time(event)) <= 0:
+            continue
+        if event.key in MATMULS:
+            shares["matmul"] += spent
+        elif any(name in event.key for name in ATTENTION):
+            shares["attention"] += spent
+        else:
+            others[event.key] = others.get(event.key, 0.0) + spent
+    total = sum(shares.values()) + sum(others.values()) or 1.0
+    top_others = sorted(((k, t / total) for k, t in others.items()), key=lambda kv: -kv[1])[:top]
+    return {
+        "matmul": shares["matmul"] / total,
+        "attention": shares["attention"] / total,
+        "others": top_others,
+        "op_ms": total / 1000,
+    }
 
 
 def describe(summary: dict[str, Any]) -> str:

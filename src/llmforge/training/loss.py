@@ -103,21 +103,23 @@ class VocabCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
         logits, safe, keep, lse = ctx.saved_tensors
         scale = grad_output.float()
+        positive = bool(scale > 0)  # decided once, not per chunk (on a GPU each test is a sync)
         # softmax * scale = exp(logits - (lse - log scale)): the scale folded into the one pass, where it is positive
-        shift = (lse - scale.log()) if scale > 0 else lse
+        shift = (lse - scale.log()) if positive else lse
         shift = shift.masked_fill(~keep, float("inf"))  # exp(-inf) = 0: ignored rows get no gradient
         hit = (-scale * keep).unsqueeze(1)  # the one-hot's part, -scale at each kept row's target
+        in_place = logits.dtype == torch.float32  # fp32 logits: written straight into the gradient, no copy
         grad = torch.empty_like(logits)
         for start in range(0, logits.size(0), ctx.chunk_rows):
             rows = slice(start, start + ctx.chunk_rows)
-            if logits.dtype == torch.float32:  # written in place: no fp32 copy at all
+            if in_place:
                 chunk = torch.sub(logits[rows], shift[rows, None], out=grad[rows]).exp_()
             else:
                 chunk = logits[rows].float().sub_(shift[rows, None]).exp_()
-            if not scale > 0:
+            if not positive:
                 chunk.mul_(scale)
             chunk.scatter_add_(1, safe[rows].unsqueeze(1), hit[rows])
-            if chunk.data_ptr() != grad[rows].data_ptr():
+            if not in_place:
                 grad[rows] = chunk
         return grad, None, None
 
