@@ -2,12 +2,14 @@
 hand-packed Trainer script and the seed recipe, on two corpora shipped in the repo.
 
 What a user buys is a lower loss on text the model has not seen, in the time they have. Each contender
-trains the same model shape (GPT-2, 4 layers x 256, context 256) for the same seconds in its own
-process, then scores a held-out work in bits per byte: the total next-token loss in bits over the work's
-UTF-8 bytes, in windows of the context length, every token scored once (comparable across tokenizers).
+trains the same model shape (4 layers x 256, 4 heads, context 256: GPT-2 in the two Trainer scripts,
+llmforge's default family in llmforge) for the same seconds in its own process, then scores a held-out
+work in bits per byte: the total next-token loss in bits over the work's UTF-8 bytes, in windows of the
+context length, every token scored once (comparable across tokenizers).
 
 - llmforge: a recipe with only the shape, `tokenizer.vocab_size: 8192` and `train.max_time` set; every
-  other key at its default (the data stage, its own tokenizer, the schedule on the budget's clock).
+  other key at its default (the family, the data stage, its own tokenizer, the schedule on the budget's
+  clock). `--set model.preset=auto` drops the shape's sizes and lets llmforge size the model for the budget.
 - packed Trainer (what a careful user writes by hand): the training files EOS-joined and cut into
   256-token blocks, a byte-level BPE of 8,192 trained on them, bf16 where it is faster, dropout 0,
   lr 1e-3 cosine with 30 warmup steps, weight decay 0.1, batch 8, its max_steps fitted from the last 10 of
@@ -117,6 +119,9 @@ def llmforge_contender(shape: dict, train: Path, held: Path, seconds: float, set
         key, _, value = setting.partition("=")
         stage, _, name = key.partition(".")
         spec.setdefault(stage, {})[name] = yaml.safe_load(value)
+    if spec["model"].get("preset") is not None:  # --set model.preset=auto: the preset's sizes, not the shape's
+        chosen = settings_keys(settings, "model") | {"context_length"}
+        spec["model"] = {k: v for k, v in spec["model"].items() if k in chosen}
     with tempfile.TemporaryDirectory() as out:
         recipe = Recipe.from_dict(spec)
         recipe.run(out, console=Console(quiet=True))
@@ -126,7 +131,13 @@ def llmforge_contender(shape: dict, train: Path, held: Path, seconds: float, set
             "bits_per_byte": bits_per_byte(model, tok, held.read_text(encoding="utf-8"), shape["context_length"]),
             "steps": final["steps"],
             "train_seconds": final["seconds_spent"] if final["seconds_spent"] is not None else final["train_seconds"],
+            "model": json.loads((Path(out) / "model" / ".llmforge.json").read_text())["info"].get("sized"),
         }
+
+
+def settings_keys(settings: list[str], stage: str) -> set[str]:
+    """The keys of `stage` that --set changed."""
+    return {s.partition("=")[0].partition(".")[2] for s in settings if s.startswith(f"{stage}.")}
 
 
 def _trainer_run(model, tok, dataset, collate, seconds: float, **args) -> tuple[int, float]:
@@ -265,8 +276,8 @@ def main() -> None:
         raise SystemExit(f"unknown contenders {sorted(unknown)}: choose from {', '.join(CONTENDERS)}")
     print(machine(threads))
     changed = f"; llmforge with {' '.join(args.set)}" if args.set else ""
-    print(f"model: GPT-2 {shape['n_layer']} x {shape['n_embd']}, context {shape['context_length']}, "
-          f"{seconds:g} s of training per contender{changed}")  # fmt: skip
+    print(f"model: {shape['n_layer']} x {shape['n_embd']}, context {shape['context_length']} (GPT-2 in the Trainer "
+          f"scripts, llmforge's default family in llmforge), {seconds:g} s per contender{changed}")  # fmt: skip
     lines = []
     work = Path(tempfile.mkdtemp(prefix="llmforge-quality-"))
     try:
@@ -283,6 +294,10 @@ def main() -> None:
             print("| contender | steps | training seconds | held-out bits/byte |\n| --- | ---: | ---: | ---: |")
             for contender, r in results.items():
                 print(f"| {contender} | {r['steps']} | {r['train_seconds']:.0f} | {r['bits_per_byte']:.3f} |")
+            if sized := results.get("llmforge", {}).get("model"):
+                from llmforge.training.sizing import describe
+
+                print(f"llmforge's model.preset auto: {describe(sized)}")
             for contender, r in results.items():
                 if r["train_seconds"] < 0.9 * seconds:  # its max_steps, fitted from timed steps, ran out early
                     print(

@@ -20,6 +20,7 @@ from conftest import CORPUS, REPO, tiny_recipe_dict
 from llmforge import Recipe, evaluate
 from llmforge.errors import ConfigError, DataError, PluginError
 from llmforge.eval.harness import TaskSet, table_rows
+from llmforge.models.loading import max_positions
 from llmforge.plugin.manager import get_plugins
 
 SAMPLES = REPO / "examples" / "data" / "benchmarks"
@@ -237,7 +238,7 @@ def test_text_perplexity_equals_an_independent_computation(run_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-    T = model.config.n_positions
+    T = max_positions(model.config)
     assert len(ids) > 3 * T  # several windows and a shorter last one
     nll, count = 0.0, 0
     with torch.no_grad():

@@ -157,7 +157,7 @@ def test_model_config_outside_a_recipe_takes_its_preset(tok):
     assert cfg.arch is None  # unset until the preset is applied
     model = build_model(cfg, tok, seed=0)
     assert model.config.model_type == "gpt2" and model.config.n_positions == 16
-    assert ModelConfig().arch == "gpt2" and ModelConfig().n_layer == 4  # no preset: the plain defaults
+    assert ModelConfig().arch == "qwen3" and ModelConfig().n_layer == 4  # no preset: the plain defaults
 
 
 def test_a_plugin_in_the_recipe_adds_a_preset(tmp_path, monkeypatch):

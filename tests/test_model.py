@@ -19,7 +19,7 @@ from transformers import (
 
 from conftest import tiny_recipe_dict
 from llmforge import Recipe
-from llmforge.config.schema import ModelConfig
+from llmforge.config.schema import MODEL_DEFAULTS, ModelConfig
 from llmforge.errors import ConfigError
 from llmforge.models.build import build_model, family_config
 
@@ -67,7 +67,7 @@ def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_gpt2_config_keys(tok):
-    config = family_config(cfg(n_layer=2, n_embd=48, n_head=3, context_length=24, dropout=0.125), tok)
+    config = family_config(cfg(arch="gpt2", n_layer=2, n_embd=48, n_head=3, context_length=24, dropout=0.125), tok)
     assert isinstance(config, GPT2Config)
     assert (config.n_layer, config.n_embd, config.n_head, config.n_positions) == (2, 48, 3, 24)
     assert config.resid_pdrop == config.embd_pdrop == config.attn_pdrop == 0.125
@@ -96,7 +96,7 @@ def test_untied_embeddings(tok):
 
 
 def test_gpt2_builds_with_the_tokenizer_vocabulary(tok):
-    model = build_model(cfg(dropout=0.1), tok, seed=0)
+    model = build_model(cfg(arch="gpt2", dropout=0.1), tok, seed=0)
     assert isinstance(model, GPT2LMHeadModel)
     assert model.get_input_embeddings().num_embeddings == len(tok)
     assert model.transformer.wpe.num_embeddings == 32
@@ -107,9 +107,9 @@ def test_gpt2_builds_with_the_tokenizer_vocabulary(tok):
 
 
 def test_extra_keys_reach_the_config(tok):
-    config = family_config(cfg(extra={"n_inner": 40, "activation_function": "relu"}), tok)
+    config = family_config(cfg(arch="gpt2", extra={"n_inner": 40, "activation_function": "relu"}), tok)
     assert (config.n_inner, config.activation_function) == (40, "relu")
-    model = build_model(cfg(extra={"n_inner": 40}), tok, seed=0)
+    model = build_model(cfg(arch="gpt2", extra={"n_inner": 40}), tok, seed=0)
     assert model.transformer.h[0].mlp.c_fc.weight.shape[-1] == 40
 
 
@@ -177,7 +177,7 @@ def test_unknown_extra_key_names_the_valid_keys(tok, arch, valid):
 
 def test_unknown_extra_key_suggests_the_close_one(tok):
     with pytest.raises(ConfigError, match="did you mean 'n_inner'"):
-        family_config(cfg(extra={"n_iner": 64}), tok)
+        family_config(cfg(arch="gpt2", extra={"n_iner": 64}), tok)
 
 
 # --- pretrained weights ---------------------------------------------------------------------------
@@ -252,13 +252,13 @@ def test_model_stage_in_a_recipe_run(corpus_file, tmp_path, capsys):
     stats = json.loads((out / "data" / "stats.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(str(out / "model"))
     params = sum(p.numel() for p in model.parameters())
-    assert info["arch"] == "gpt2"
+    assert info["arch"] == MODEL_DEFAULTS["arch"] == "qwen3"  # the default family (docs/models.md)
     assert info["parameters"] == params
     assert info["train_tokens"] == stats["blocks"]["train"]["tokens"]
     assert info["tokens_per_parameter"] == round(info["train_tokens"] / params, 4)
 
     flat = " ".join(printed.split())
-    assert f"gpt2 with {params / 1e6:.2f}M parameters" in flat
+    assert f"qwen3 with {params / 1e6:.2f}M parameters" in flat
     assert f"{info['train_tokens']:,} training tokens" in flat
     assert f"{info['tokens_per_parameter']:.2f} tokens/parameter" in flat
 

@@ -97,6 +97,13 @@ def test_registry_duplicate_names_both_plugins():
     assert reg.get("text") == 1  # the first registration is kept
 
 
+def test_a_plugin_cannot_register_a_preset_named_auto():
+    reg = Registry("model_preset")
+    with pytest.raises(PluginError, match="Plugin 'mine' registered model_preset 'auto', a name llmforge reserves"):
+        reg.add("mine", "auto", object())
+    Registry("data_source").add("mine", "auto", 1)  # reserved for presets only
+
+
 @pytest.mark.parametrize("bad", ["", None, 3])
 def test_registry_invalid_name(bad):
     reg = Registry("format")

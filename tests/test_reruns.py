@@ -139,7 +139,7 @@ def test_a_different_model_trains_afresh_instead_of_a_dead_end(tmp_path, corpus_
     recipe.model.n_embd = 64
     text = _run(recipe, run)
     assert "the model, tokenizer, data or optimizer changed since train's checkpoint-6: training afresh" in text
-    assert _weights(run / "train" / "final")["transformer.wte.weight"].shape[1] == 64
+    assert _weights(run / "train" / "final")["model.embed_tokens.weight"].shape[1] == 64
     with pytest.raises(RunDirError, match="--resume: .* different model, tokenizer, data or optimizer"):
         recipe.model.n_embd = 32
         recipe.run(run, console=Console(quiet=True), resume=True)

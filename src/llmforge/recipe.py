@@ -38,7 +38,7 @@ from llmforge.data.blocks import open_blocks
 from llmforge.errors import ConfigError, RunDirError, did_you_mean
 from llmforge.eval.harness import evaluate
 from llmforge.eval.perplexity import perplexity
-from llmforge.models.families import apply_preset, check
+from llmforge.models.families import AUTO, apply_preset, check
 from llmforge.models.loading import load_model_dir
 from llmforge.plugin.manager import get_plugins
 from llmforge.stages import STAGES
@@ -87,6 +87,8 @@ class Recipe:
         if self.model is not None:
             if self.model.preset is not None:
                 self.model = apply_preset(self.model, get_plugins(self.plugins))
+            if self.model.preset == AUTO and self.train is None:
+                raise ConfigError("model.preset auto sizes the model for the train block's budget: add a train block.")
             if not self.model.from_pretrained:
                 check(self.model)
 

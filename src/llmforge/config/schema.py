@@ -75,7 +75,7 @@ class TokenizerConfig:
     max_documents: int | None = _f(None, "Train the tokenizer on at most this many documents.")
 
 
-MODEL_DEFAULTS = {"arch": "gpt2", "n_layer": 4, "n_embd": 128, "n_head": 4, "context_length": 256}
+MODEL_DEFAULTS = {"arch": "qwen3", "n_layer": 4, "n_embd": 128, "n_head": 4, "context_length": 256}
 
 
 @dataclass
@@ -87,11 +87,13 @@ class ModelConfig:
     """
 
     arch: str | None = _f(
-        None, "transformers model_type to build from scratch (gpt2, llama, qwen3, ...); default gpt2 or the preset's."
+        None, "transformers model_type to build from scratch (qwen3, llama, gpt2, ...); default qwen3 or the preset's."
     )
     from_pretrained: str | None = _f(None, "Start from these weights (local dir or hub name) instead.")
     preset: str | None = _f(
-        None, "Size preset (gpt2, gpt2-medium, gpt2-large, gpt2-1b, gpt2-xl, llama-124m, ... or a plugin's)."
+        None,
+        "Size preset (gpt2, gpt2-medium, gpt2-large, gpt2-1b, gpt2-xl, llama-124m, ... or a plugin's), or auto: "
+        "n_layer, n_embd and n_head chosen for the training budget (train.max_time, max_steps or epochs).",
     )
     n_layer: int | None = _f(None, "Transformer blocks (default 4, or the preset's).")
     n_embd: int | None = _f(None, "Hidden width (default 128, or the preset's).")

@@ -180,6 +180,8 @@ def check(cfg: ModelConfig) -> None:
 
     Needs no tokenizer, so a recipe is checked when it is loaded, before any stage runs.
     """
+    if cfg.preset == AUTO and cfg.n_layer is None:  # sized later by the model stage: check the rest now
+        cfg = dataclasses.replace(cfg, n_layer=2, n_embd=128, n_head=2)
     cls = config_class(cfg.arch)
     family = family_of(cfg.arch)
     for key in ("n_layer", "n_embd", "n_head", "context_length"):
@@ -250,11 +252,27 @@ def _check_rotary(cls: type, keys: dict[str, Any], cfg: ModelConfig) -> None:
 
 
 PRESET_KEYS = ("arch", "n_layer", "n_embd", "n_head", "n_kv_head", "context_length")
+AUTO = "auto"  # model.preset: auto: the model stage sizes the model for the budget (llmforge.training.sizing)
+AUTO_SIZES = ("n_layer", "n_embd", "n_head", "n_kv_head")
 
 
 def needs_preset(cfg: ModelConfig) -> bool:
-    """A preset is named and some size is still unset (a Recipe applies presets when it is built)."""
-    return cfg.preset is not None and any(getattr(cfg, k) is None for k in MODEL_DEFAULTS)
+    """A named preset (not auto, which the model stage resolves) with some size still unset (a Recipe
+    applies presets when it is built)."""
+    return cfg.preset not in (None, AUTO) and any(getattr(cfg, k) is None for k in MODEL_DEFAULTS)
+
+
+def _prepare_auto(cfg: ModelConfig) -> ModelConfig:
+    """`preset: auto` leaves the sizes to the model stage; the family and context are the recipe's or the
+    defaults, because the tokenizer and blocks stages need them first."""
+    if given := [k for k in AUTO_SIZES if getattr(cfg, k) is not None]:
+        raise ConfigError(
+            f"model.preset auto chooses n_layer, n_embd and n_head for the training budget, but the recipe sets "
+            f"{', '.join(f'model.{k}' for k in given)}. Remove {'it' if len(given) == 1 else 'them'}, or remove "
+            "model.preset to give every size yourself."
+        )
+    fill = {k: MODEL_DEFAULTS[k] for k in ("arch", "context_length") if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **fill)
 
 
 def apply_preset(cfg: ModelConfig, plugins: Any) -> ModelConfig:
@@ -265,6 +283,13 @@ def apply_preset(cfg: ModelConfig, plugins: Any) -> ModelConfig:
     """
     if cfg.preset is None:
         return cfg
+    if cfg.from_pretrained:
+        raise ConfigError(
+            f"model.preset '{cfg.preset}' and model.from_pretrained '{cfg.from_pretrained}' exclude each other: "
+            "a preset builds a new model, from_pretrained loads one. Remove one of them."
+        )
+    if cfg.preset == AUTO:
+        return _prepare_auto(cfg)
     try:
         preset = plugins.registries["model_preset"].get(cfg.preset)
     except PluginError as exc:
@@ -274,11 +299,6 @@ def apply_preset(cfg: ModelConfig, plugins: Any) -> ModelConfig:
         raise PluginError(
             f"Plugin '{owner}' registered model preset '{cfg.preset}' as a {type(preset).__name__}, "
             "not a llmforge.models.families.ModelPreset."
-        )
-    if cfg.from_pretrained:
-        raise ConfigError(
-            f"model.preset '{cfg.preset}' and model.from_pretrained '{cfg.from_pretrained}' exclude each other: "
-            "a preset builds a new model, from_pretrained loads one. Remove one of them."
         )
     filled = {k: getattr(preset, k) for k in PRESET_KEYS if getattr(cfg, k) is None}
     same_family = filled.get("arch", cfg.arch) == preset.arch

@@ -27,6 +27,8 @@ KINDS = {
     "benchmark": "register_benchmarks",
     "model_preset": "register_model_presets",
 }
+# Names the core gives a meaning of its own, which no plugin may register.
+RESERVED = {"model_preset": {"auto": "model.preset: auto sizes the model for the training budget"}}
 
 
 @dataclass
@@ -51,6 +53,11 @@ class Registry:
     def add(self, plugin: str, name: str, obj: Any) -> None:
         if not isinstance(name, str) or not name:
             raise PluginError(f"Plugin '{plugin}' registered a {self.kind} with an invalid name {name!r}.")
+        if name in RESERVED.get(self.kind, {}):
+            raise PluginError(
+                f"Plugin '{plugin}' registered {self.kind} '{name}', a name llmforge reserves "
+                f"({RESERVED[self.kind][name]}). Rename it."
+            )
         if name in self._items:
             raise PluginError(
                 f"Plugin '{plugin}' registered {self.kind} '{name}', which plugin '{self._owner[name]}' "

@@ -12,7 +12,10 @@ from typing import Any
 from llmforge import rundir
 from llmforge.config.schema import ModelConfig
 from llmforge.models.build import CHINCHILLA_TOKENS_PER_PARAM, build_model, check_document_aware
+from llmforge.models.families import AUTO
 from llmforge.stages.context import Context
+from llmforge.training import sizing
+from llmforge.training.distributed import world_size
 
 ARTEFACT = "model"
 
@@ -28,12 +31,23 @@ def describe(out: dict[str, Any]) -> str:
 
 
 def fingerprint(ctx: Context) -> str:
-    return rundir.fingerprint("model", vars(ctx.recipe.model), ctx.fingerprints["tokenizer"], ctx.recipe.train.seed)
+    train = ctx.recipe.train
+    budget = (  # preset auto sizes the model for the training budget: a new budget, a new model
+        [train.max_time, train.max_steps, train.epochs, train.batch_size, train.grad_accum, train.precision]
+        if ctx.recipe.model.preset == AUTO
+        else []
+    )
+    return rundir.fingerprint("model", vars(ctx.recipe.model), ctx.fingerprints["tokenizer"], train.seed, *budget)
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    cfg: ModelConfig = ctx.recipe.model  # its preset was applied when the recipe was built
+    cfg: ModelConfig = ctx.recipe.model  # its preset was applied when the recipe was built (auto: below)
     tok = ctx.tokenizer()
+    sized = None
+    if cfg.preset == AUTO:
+        train = ctx.outputs["blocks"]["train"]
+        cfg, sized = sizing.for_budget(cfg, tok, ctx.recipe.train, train["blocks"], train["tokens"], world_size())
+        ctx.console.print(f"  model.preset auto: {sizing.describe(sized)}")
     model = build_model(cfg, tok, seed=ctx.recipe.train.seed, console=ctx.console)
     if ctx.recipe.train.document_aware:  # refuse a family that would silently attend across documents
         check_document_aware(model, tok.eos_token_id, cfg)
@@ -41,7 +55,8 @@ def run(ctx: Context) -> dict[str, Any]:
     train_tokens = ctx.outputs["blocks"]["train"]["tokens"]
     info = {
         "arch": model.config.model_type,
-        "preset": cfg.preset,
+        "preset": ctx.recipe.model.preset,
+        **({"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "sized": sized} if sized else {}),
         "parameters": params,
         "train_tokens": train_tokens,
         "tokens_per_parameter": round(train_tokens / params, 4),
@@ -49,8 +64,9 @@ def run(ctx: Context) -> dict[str, Any]:
     with rundir.atomic_dir(ctx.path(ARTEFACT), ctx.fingerprints["model"], info) as tmp:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
+    preset = f" (preset {info['preset']})" if info["preset"] else ""
     ctx.console.print(
-        f"  {info['arch']}{f' (preset {cfg.preset})' if cfg.preset else ''} with {params / 1e6:.2f}M parameters; "
+        f"  {info['arch']}{preset} with {params / 1e6:.2f}M parameters; "
         f"{train_tokens:,} training tokens = {info['tokens_per_parameter']:.2f} tokens/parameter (Chinchilla's "
         f"guide: {CHINCHILLA_TOKENS_PER_PARAM}, i.e. {CHINCHILLA_TOKENS_PER_PARAM * params / 1e6:.1f}M tokens "
         "for this size)"

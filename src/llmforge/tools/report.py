@@ -4,14 +4,13 @@
 `llmforge run --out` reuses, or a temporary dir), tokenizes and packs the blocks exactly as training
 will, and counts: documents, words, tokens, tokens per word, blocks, steps per epoch, and tokens per
 parameter against Chinchilla's guide of about 20 (Hoffmann et al. 2022). With a compute budget it
-suggests the compute-optimal model size: C = 6 N D training FLOPs (attention not counted) and D = 20 N,
-so N = sqrt(C / 120).
+suggests the model size for it by the rule `model.preset: auto` builds with (llmforge.training.sizing), and
+a recipe with `preset: auto` is reported at the size its model stage will choose.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -19,28 +18,18 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from transformers import AutoTokenizer
 
 from llmforge import rundir
 from llmforge.config.schema import TrainConfig
 from llmforge.data.blocks import open_blocks
 from llmforge.errors import ConfigError
-from llmforge.models.build import CHINCHILLA_TOKENS_PER_PARAM, build_model
+from llmforge.models.build import CHINCHILLA_TOKENS_PER_PARAM
+from llmforge.models.families import AUTO
 from llmforge.tools.plots import read_metrics
+from llmforge.training import sizing
 from llmforge.training.arguments import planned_steps
 from llmforge.training.budget import parse_duration
-from llmforge.training.precision import choose as choose_precision
-
-# GPT-2-shaped sizes to suggest from (n_layer, n_embd, n_head): the tiny example up to GPT-2 XL.
-SHAPES = [
-    (2, 128, 4),
-    (4, 256, 4),
-    (6, 384, 6),
-    (8, 512, 8),
-    (12, 768, 12),
-    (24, 1024, 16),
-    (36, 1280, 20),
-    (48, 1600, 25),
-]
 
 
 def data_report(
@@ -75,9 +64,22 @@ def _report(recipe, out, console, budget_flops, budget_hours, flops_per_second, 
     blocks = open_blocks(out / "data" / "blocks")
     stats = rundir.read_manifest(out / "data" / "blocks")["info"]
     docs = _read_json(out / "data" / "stats.json")["documents"]
-    params = count_parameters(recipe, out)
     T = recipe.model.context_length
     cfg = recipe.train or TrainConfig()
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    model_cfg, sized = recipe.model, None
+    assumed = (flops_per_second, "assumed (--flops-per-second)") if flops_per_second is not None else None
+    if model_cfg.preset == AUTO:  # the size the model stage will choose for this budget, chosen the same way
+        model_cfg, sized = sizing.for_budget(
+            model_cfg,
+            tok,
+            cfg,
+            len(blocks["train"]),
+            stats["train"]["tokens"],
+            processes,
+            measure=(lambda _: assumed) if assumed else None,
+        )
+    params = count_parameters(model_cfg, tok)
     per_epoch = planned_steps(dataclasses.replace(cfg, max_steps=None, epochs=1.0), len(blocks["train"]), processes)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * T * processes
     time_budget = parse_duration(cfg.max_time, "train.max_time")
@@ -85,11 +87,7 @@ def _report(recipe, out, console, budget_flops, budget_hours, flops_per_second, 
         budget_hours = time_budget / 3600  # the recipe's own budget: the report plans what training will do
     throughput = None
     if budget_hours is not None or time_budget is not None:
-        throughput = (
-            (flops_per_second, "assumed (--flops-per-second)")
-            if flops_per_second is not None
-            else measure_throughput(recipe, out, {"parameters": params, "context_length": T}, console)
-        )
+        throughput = assumed or measure_throughput(model_cfg, tok, cfg, out, params, T, console)
     planned = planned_steps(cfg, len(blocks["train"]), processes)
     if time_budget is not None and throughput is not None:  # the steps train.max_time holds at this speed
         in_time = max(1, int(time_budget * throughput[0] / (6 * params * tokens_per_step)))
@@ -119,38 +117,37 @@ def _report(recipe, out, console, budget_flops, budget_hours, flops_per_second, 
         "planned_flops": 6 * params * planned * tokens_per_step,
         "streaming": bool(recipe.data.streaming),
         "max_time": cfg.max_time,
+        "auto": sized,
     }
     if budget_flops is not None or budget_hours is not None:
-        report["budget"] = suggest(recipe, report, budget_flops, budget_hours, throughput)
+        report["budget"] = suggest(model_cfg, tok, report, budget_flops, budget_hours, throughput)
     report["seconds"] = round(time.perf_counter() - started, 1)
     print_report(console, report, None if tmp else out)
     return report
 
 
-def count_parameters(recipe: Any, out: Path) -> int:
+def count_parameters(model_cfg: Any, tok: Any) -> int:
     """Parameters of the recipe's model, built on the meta device (no memory, no weights)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    if not model_cfg.from_pretrained:
+        return sizing.parameters(model_cfg, tok)
     with torch.device("meta"):
-        if recipe.model.from_pretrained:
-            config = AutoConfig.from_pretrained(recipe.model.from_pretrained)
-            model = AutoModelForCausalLM.from_config(config)
-        else:
-            model = build_model(recipe.model, tok, seed=0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_cfg.from_pretrained))
     return sum(p.numel() for p in model.parameters())
 
 
 def suggest(
-    recipe: Any,
+    model_cfg: Any,
+    tok: Any,
     report: dict[str, Any],
     budget_flops: float | None,
     budget_hours: float | None,
     throughput: tuple[float, str] | None,
 ) -> dict[str, Any]:
-    """The compute-optimal size for a budget (C = 6 N D, D = 20 N), and a GPT-2 shape near it.
-    `throughput`: (training FLOP/s, where that figure came from), needed with `budget_hours`."""
+    """The compute-optimal size for a budget (llmforge.training.sizing), and the ladder's shape nearest it in
+    the recipe's family. `throughput`: (training FLOP/s, where that figure came from), needed with `budget_hours`."""
     flops_per_second, throughput_source = throughput or (None, None)
     if budget_hours is not None:
         assert flops_per_second is not None
@@ -158,30 +155,26 @@ def suggest(
     assert budget_flops is not None
     if budget_flops <= 0:
         raise ConfigError("The compute budget must be positive.")
-    n_opt = math.sqrt(budget_flops / (6 * CHINCHILLA_TOKENS_PER_PARAM))
-    d_opt = CHINCHILLA_TOKENS_PER_PARAM * n_opt
-    vocab = report.get("vocab_size") or recipe.tokenizer.vocab_size
-    shape = min(SHAPES, key=lambda s: abs(math.log(gpt2_parameters(*s[:2], vocab, report["context_length"]) / n_opt)))
+    n_opt = sizing.optimal_parameters(flops=budget_flops)
+    ratio = sizing.tokens_per_parameter(budget_flops)
+    shape = sizing.nearest(model_cfg, tok, n_opt)
     return {
         "flops": budget_flops,
         "hours": budget_hours,
         "flops_per_second": flops_per_second,
         "throughput_source": throughput_source,
         "parameters": n_opt,
-        "tokens": d_opt,
-        "epochs_of_this_data": d_opt / max(report["train_tokens"], 1),
-        "shape": {"n_layer": shape[0], "n_embd": shape[1], "n_head": shape[2]},
-        "shape_parameters": gpt2_parameters(shape[0], shape[1], vocab, report["context_length"]),
+        "tokens_per_parameter": ratio,
+        "tokens": ratio * n_opt,
+        "epochs_of_this_data": ratio * n_opt / max(report["train_tokens"], 1),
+        "shape": {"n_layer": shape.n_layer, "n_embd": shape.n_embd, "n_head": shape.n_head},
+        "shape_parameters": sizing.parameters(shape, tok),
     }
 
 
-def gpt2_parameters(n_layer: int, n_embd: int, vocab: int, context_length: int) -> int:
-    """GPT-2's parameter count with tied embeddings: 12 L d^2 (+ biases, norms) + (V + T) d."""
-    per_block = 12 * n_embd * n_embd + 13 * n_embd
-    return n_layer * per_block + (vocab + context_length) * n_embd + 2 * n_embd
-
-
-def measure_throughput(recipe: Any, out: Path, report: dict[str, Any], console: Console) -> tuple[float, str]:
+def measure_throughput(
+    model_cfg: Any, tok: Any, train: Any, out: Path, params: int, length: int, console: Console
+) -> tuple[float, str]:
     """Training FLOP/s (6 N per token) of the recipe's model on this machine: from this run dir's own
     training log if it has one, else timed over a few optimizer steps of one micro-batch now."""
     speeds = [
@@ -189,43 +182,9 @@ def measure_throughput(recipe: Any, out: Path, report: dict[str, Any], console: 
     ]
     if speeds:
         tps = sorted(speeds)[len(speeds) // 2]
-        return 6 * report["parameters"] * tps, f"measured: median of {len(speeds)} logged training intervals in {out}"
-    import torch
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    model = build_model(recipe.model, tok, seed=0).to(device)
-    model.train()
-    batch = recipe.train.batch_size if recipe.train else 8
-    if not cuda:
-        batch = min(batch, 4)  # a CPU measurement of a big model must not take minutes
-    T = report["context_length"]
-    ids = torch.randint(0, len(tok), (batch, T), device=device)
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    asked = recipe.train.precision if recipe.train else "auto"
-    bf16 = choose_precision(asked, model, T).precision == "bf16"  # what the train stage will choose
-    console.print(f"  timing the model: 1 warm-up + 3 steps of {batch} x {T} tokens on this machine ...")
-    times = []
-    for i in range(4):
-        t0 = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        optim.step()
-        optim.zero_grad()
-        if cuda:
-            torch.cuda.synchronize()
-        if i:
-            times.append(time.perf_counter() - t0)
-    tps = batch * T / (sum(times) / len(times))
-    where = (
-        f"{torch.cuda.get_device_name()}, {'bf16' if bf16 else 'fp32'}"
-        if cuda
-        else f"CPU, {torch.get_num_threads()} threads, {'bf16' if bf16 else 'fp32'}"
-    )
-    return 6 * report["parameters"] * tps, f"measured now: 3 steps of {batch} x {T} tokens ({where})"
+        return 6 * params * tps, f"measured: median of {len(speeds)} logged training intervals in {out}"
+    console.print("  timing the model: 1 warm-up + 3 optimizer steps of one micro-batch on this machine ...")
+    return sizing.flops_per_second(model_cfg, tok, train.batch_size, length, train.precision)
 
 
 def _read_json(path: Path) -> Any:
@@ -275,6 +234,8 @@ def print_report(console: Console, r: dict[str, Any], kept: Path | None) -> None
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    if r.get("auto"):
+        console.print(f"model.preset auto will build {sizing.describe(r['auto'])}")
     if r.get("streaming"):
         console.print(
             "[yellow]data.streaming: these counts are of the head of the stream the data stage reads (the "
@@ -287,14 +248,16 @@ def print_report(console: Console, r: dict[str, Any], kept: Path | None) -> None
         s = b["shape"]
         console.print(
             f"budget {b['flops']:.3g} FLOPs{f' ({how})' if how else ''}:\n"
-            f"  compute-optimal (C = 6ND, D = 20N): {_n(b['parameters'])} parameters on {_n(b['tokens'])} tokens "
+            f"  compute-optimal (C = 6ND, D = {b['tokens_per_parameter']:.3g}N at this budget: "
+            "llmforge.training.sizing): "
+            f"{_n(b['parameters'])} parameters on {_n(b['tokens'])} tokens "
             f"({b['epochs_of_this_data']:.2f} epochs of this data"
             + (
                 "; more than ~4 epochs repeats too much: get more data or take a smaller model"
                 if b["epochs_of_this_data"] > 4
                 else ""
             )
-            + ")\n  nearest GPT-2 shape: model: "
+            + ")\n  nearest shape: model: "
             f"{{n_layer: {s['n_layer']}, n_embd: {s['n_embd']}, n_head: {s['n_head']}}}"
             f" ({_n(b['shape_parameters'])} parameters)"
         )

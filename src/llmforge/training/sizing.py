@@ -1,0 +1,203 @@
+"""The model's size for a training budget: what `model.preset: auto` builds, `llmforge data-report` suggests.
+
+A budget is a number of training tokens (train.max_steps, or epochs of the blocks) or of seconds
+(train.max_time), which the training FLOP/s measured on this machine turn into FLOPs. With C = 6 N D
+training FLOPs (attention not counted) and D = r N tokens, the compute-optimal parameter count is
+N = sqrt(C / 6r); for a token budget it is N = D / r. The shape is the rung of LADDER, in the recipe's
+family and with its tokenizer's vocabulary, whose parameter count is nearest N (in log).
+
+r is not Chinchilla's 20 at the budgets of a laptop: measured with llmforge's defaults on two corpora
+(docs/performance.md, "The model's size for the budget"), the best shape in 180 s of a 2-core CPU saw
+0.45 tokens per parameter. TOKENS_PER_PARAMETER is that measurement; from there r rises log-linearly in
+the budget to Chinchilla's 20 at the smallest budget of its fits. A corpus too small for the budget is
+the other limit: in the same runs the smaller model lost 8% where it passed over the data 5.5 times and
+gained 1.2% where it passed 3.4 times, so a rung that would repeat the data more than MAX_EPOCHS times
+gives way to a larger one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from llmforge.config.schema import ModelConfig
+from llmforge.models.build import CHINCHILLA_TOKENS_PER_PARAM, build_model, family_config
+from llmforge.training.arguments import planned_steps
+from llmforge.training.budget import parse_duration
+from llmforge.training.precision import choose as choose_precision
+
+# (n_layer, n_embd, n_head): heads of 64 dimensions and a width of 64 per layer up to GPT-2 small's
+# shape, then GPT-2's own larger shapes.
+LADDER = (
+    (2, 128, 2),
+    (3, 192, 3),
+    (4, 256, 4),
+    (5, 320, 5),
+    (6, 384, 6),
+    (8, 512, 8),
+    (10, 640, 10),
+    (12, 768, 12),
+    (24, 1024, 16),
+    (36, 1280, 20),
+    (48, 1600, 25),
+)
+TOKENS_PER_PARAMETER = 0.45  # measured: the best rung's training tokens per parameter at MEASURED_FLOPS
+MEASURED_FLOPS = 2.25e13  # 180 s of a 2-core CPU at 4 x 256 (and at 3 x 192: the same FLOP/s)
+MAX_EPOCHS = 4  # more passes over the same text buy little (Muennighoff et al. 2023; and measured here)
+CHINCHILLA_FLOPS = 6e18  # the smallest budget of Hoffmann et al.'s fits, which found ~20 tokens per parameter
+
+
+def optimal_parameters(flops: float | None = None, tokens: float | None = None) -> float:
+    """The compute-optimal parameter count for a budget of training FLOPs, or of training tokens."""
+    if flops is not None:
+        return math.sqrt(flops / (6 * tokens_per_parameter(flops)))
+    assert tokens is not None and tokens > 0
+    n = tokens / TOKENS_PER_PARAMETER
+    for _ in range(20):  # D = r(C) N with C = 6 N D: r changes slowly with C, so this settles in a few rounds
+        n = tokens / tokens_per_parameter(6 * n * tokens)
+    return n
+
+
+def tokens_per_parameter(flops: float) -> float:
+    """Compute-optimal training tokens per parameter at `flops`: TOKENS_PER_PARAMETER where llmforge measured
+    it, Chinchilla's 20 from CHINCHILLA_FLOPS on, and log-linear in between."""
+    if flops <= MEASURED_FLOPS:
+        return TOKENS_PER_PARAMETER
+    if flops >= CHINCHILLA_FLOPS:
+        return float(CHINCHILLA_TOKENS_PER_PARAM)
+    share = math.log(flops / MEASURED_FLOPS) / math.log(CHINCHILLA_FLOPS / MEASURED_FLOPS)
+    return TOKENS_PER_PARAMETER * (CHINCHILLA_TOKENS_PER_PARAM / TOKENS_PER_PARAMETER) ** share
+
+
+def shaped(cfg: ModelConfig, rung: tuple[int, int, int]) -> ModelConfig:
+    """`cfg` at one rung of the ladder (its family, context, extra keys and everything else kept)."""
+    n_layer, n_embd, n_head = rung
+    return dataclasses.replace(cfg, preset=None, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=None)
+
+
+def parameters(cfg: ModelConfig, tok: Any) -> int:
+    """Parameters of `cfg` with this tokenizer, built on the meta device (no memory, no weights)."""
+    config = family_config(cfg, tok)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def nearest(cfg: ModelConfig, tok: Any, n_opt: float) -> ModelConfig:
+    """The ladder's shape in `cfg`'s family whose parameter count is nearest `n_opt` (in log)."""
+    return min((shaped(cfg, r) for r in LADDER), key=lambda c: abs(math.log(parameters(c, tok) / n_opt)))
+
+
+def flops_per_second(cfg: ModelConfig, tok: Any, batch: int, length: int, precision: str) -> tuple[float, str]:
+    """Training FLOP/s (6 N per token) of `cfg` on this machine: a warm-up and three optimizer steps of
+    one micro-batch of `length`-token rows, in the precision training will choose."""
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    model = build_model(cfg, tok, seed=0).to(device)
+    model.train()
+    batch = batch if cuda else min(batch, 4)  # a CPU measurement of a big model must not take minutes
+    ids = torch.randint(0, len(tok), (batch, length), device=device, generator=None)
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    bf16 = choose_precision(precision, model, length).precision == "bf16"
+    times = []
+    with torch.random.fork_rng():
+        for step in range(4):
+            start = time.perf_counter()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            optim.step()
+            optim.zero_grad()
+            if cuda:
+                torch.cuda.synchronize()
+            if step:
+                times.append(time.perf_counter() - start)
+    params = sum(p.numel() for p in model.parameters())
+    tokens_per_second = batch * length / (sum(times) / len(times))
+    where = (
+        f"{torch.cuda.get_device_name()}, {'bf16' if bf16 else 'fp32'}"
+        if cuda
+        else f"CPU, {torch.get_num_threads()} threads, {'bf16' if bf16 else 'fp32'}"
+    )
+    return 6 * params * tokens_per_second, f"measured now: 3 steps of {batch} x {length} tokens ({where})"
+
+
+def for_budget(
+    cfg: ModelConfig,
+    tok: Any,
+    train: Any,
+    train_blocks: int,
+    train_tokens: int,
+    world: int = 1,
+    measure: Any = None,
+) -> tuple[ModelConfig, dict[str, Any]]:
+    """The ladder's shape for `train`'s budget (a TrainConfig) on `train_tokens` of data, and how it was chosen.
+
+    With train.max_time the FLOP/s are measured on a first guess (4 x 256), then again on the rung that
+    guess points to until the choice stays (a small model runs fewer FLOP/s than a large one on a CPU);
+    a rung that would see its data more than MAX_EPOCHS times in the budget gives way to the next larger
+    one. `measure(cfg) -> (FLOP/s, where from)` replaces the measurement in tests.
+    """
+
+    length = cfg.context_length
+    seconds = parse_duration(train.max_time, "train.max_time")
+    if seconds is None:
+        tokens = planned_steps(train, train_blocks, world) * train.batch_size * train.grad_accum * length * world
+        n_opt = optimal_parameters(tokens=tokens)
+        chosen = nearest(cfg, tok, n_opt)
+        info: dict[str, Any] = {"budget_tokens": tokens}
+    else:
+        measure = measure or (lambda c: flops_per_second(c, tok, train.batch_size, length, train.precision))
+        chosen, tried = shaped(cfg, LADDER[2]), []
+        while chosen not in tried:
+            rate, source = measure(chosen)
+            tried.append(chosen)
+            flops = rate * seconds
+            n_opt = optimal_parameters(flops=flops)
+            chosen = nearest(cfg, tok, n_opt)
+            while _epochs(flops, parameters(chosen, tok), train_tokens) > MAX_EPOCHS and chosen != _largest(cfg):
+                chosen = shaped(cfg, LADDER[LADDER.index(_rung(chosen)) + 1])
+        info = {"budget_seconds": seconds, "flops_per_second": rate, "budget_flops": flops, "measured": source}
+    n = parameters(chosen, tok)
+    info.update(
+        optimal_parameters=round(n_opt),
+        shape={k: getattr(chosen, k) for k in ("n_layer", "n_embd", "n_head")},
+        parameters=n,
+        epochs=round(info["budget_tokens"] / train_tokens if seconds is None else _epochs(flops, n, train_tokens), 2),
+    )
+    return chosen, info
+
+
+def _epochs(flops: float, params: int, train_tokens: int) -> float:
+    """Passes over the data that `flops` buy a model of `params` parameters (D = C / 6N)."""
+    return flops / (6 * params) / max(train_tokens, 1)
+
+
+def _rung(cfg: ModelConfig) -> tuple[int, int, int]:
+    return (cfg.n_layer, cfg.n_embd, cfg.n_head)
+
+
+def _largest(cfg: ModelConfig) -> ModelConfig:
+    return shaped(cfg, LADDER[-1])
+
+
+def describe(info: dict[str, Any]) -> str:
+    """One line: the shape chosen and the budget that chose it."""
+    s = info["shape"]
+    if "budget_seconds" in info:
+        budget = (
+            f"{info['budget_seconds']:g} s x {info['flops_per_second']:.3g} FLOP/s ({info['measured']}) = "
+            f"{info['budget_flops']:.3g} FLOPs"
+        )
+    else:
+        budget = f"{info['budget_tokens']:,} training tokens"
+    return (
+        f"{s['n_layer']} layers x {s['n_embd']} wide, {s['n_head']} heads ({info['parameters'] / 1e6:.2f}M parameters; "
+        f"compute-optimal for {budget}: {info['optimal_parameters'] / 1e6:.2f}M; {info['epochs']:g} epochs of the data)"
+    )

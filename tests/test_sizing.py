@@ -1,0 +1,151 @@
+"""model.preset: auto and the size rule behind it (llmforge.training.sizing), shared with data-report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from rich.console import Console
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
+from conftest import tiny_recipe_dict
+from llmforge import Recipe
+from llmforge.config.schema import ModelConfig, TrainConfig
+from llmforge.errors import ConfigError
+from llmforge.training import sizing
+
+
+@pytest.fixture(scope="module")
+def tok():
+    vocab = {f"t{i}": i for i in range(1000)}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), eos_token="t1", unk_token="t0"
+    )
+
+
+def auto(**keys) -> ModelConfig:
+    from llmforge.models.families import apply_preset
+
+    return apply_preset(ModelConfig(preset="auto", **keys), None)
+
+
+def test_the_ratio_is_the_measured_one_for_small_budgets_and_chinchillas_for_large_ones():
+    r = sizing.tokens_per_parameter
+    assert r(1e10) == r(sizing.MEASURED_FLOPS) == sizing.TOKENS_PER_PARAMETER
+    assert r(sizing.CHINCHILLA_FLOPS) == r(1e24) == 20
+    budgets = [10**e for e in range(13, 20)]
+    assert all(r(a) <= r(b) for a, b in zip(budgets, budgets[1:], strict=False))  # no jump back down
+    mid = math.sqrt(sizing.MEASURED_FLOPS * sizing.CHINCHILLA_FLOPS)  # log-linear: the geometric mean between
+    assert r(mid) == pytest.approx(math.sqrt(sizing.TOKENS_PER_PARAMETER * 20))
+
+
+def test_optimal_parameters_solve_c_equals_6nd_at_the_budgets_ratio():
+    for flops in (1e12, 1e15, 1e18, 1e21):
+        n = sizing.optimal_parameters(flops=flops)
+        d = sizing.tokens_per_parameter(flops) * n
+        assert 6 * n * d == pytest.approx(flops)
+    for tokens in (1e5, 1e8, 1e11):
+        n = sizing.optimal_parameters(tokens=tokens)
+        assert tokens / n == pytest.approx(sizing.tokens_per_parameter(6 * n * tokens), rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_the_parameter_count_is_the_built_models(arch, tok):
+    from llmforge.models.build import build_model
+
+    cfg = sizing.shaped(auto(arch=arch), (3, 192, 3))
+    built = build_model(cfg, tok, seed=0)
+    assert sizing.parameters(cfg, tok) == sum(p.numel() for p in built.parameters())
+
+
+def test_nearest_is_the_ladder_rung_nearest_in_log(tok):
+    cfg = auto()
+    counts = {r: sizing.parameters(sizing.shaped(cfg, r), tok) for r in sizing.LADDER}
+    for target in (1e4, 2e6, 7e6, 5e7, 1e9, 1e11):
+        best = min(counts, key=lambda r: abs(math.log(counts[r] / target)))
+        chosen = sizing.nearest(cfg, tok, target)
+        assert (chosen.n_layer, chosen.n_embd, chosen.n_head) == best
+        assert chosen.preset is None and chosen.arch == cfg.arch and chosen.context_length == cfg.context_length
+
+
+def test_a_step_budget_is_sized_by_its_tokens(tok):
+    train = TrainConfig(max_steps=2000, batch_size=16, grad_accum=2)
+    cfg, info = sizing.for_budget(auto(context_length=512), tok, train, train_blocks=10**6, train_tokens=10**9)
+    assert info["budget_tokens"] == 2000 * 16 * 2 * 512
+    assert info["optimal_parameters"] == round(sizing.optimal_parameters(tokens=info["budget_tokens"]))
+    assert cfg == sizing.nearest(auto(context_length=512), tok, info["optimal_parameters"])
+    assert info["parameters"] == sizing.parameters(cfg, tok)
+    epochs = sizing.for_budget(auto(), tok, TrainConfig(epochs=2.0, batch_size=8), 4000, 4000 * 256)[1]
+    assert epochs["budget_tokens"] == 2 * 500 * 8 * 256  # 500 steps an epoch of 4,000 blocks in batches of 8
+    assert epochs["epochs"] == 2.0
+
+
+def test_a_time_budget_measures_until_the_choice_stays(tok):
+    """A bigger model runs more FLOP/s (a CPU's small matmuls are slow): the rule re-measures on its pick."""
+    measured = []
+
+    def measure(cfg):
+        measured.append(cfg.n_embd)
+        return 1e9 * cfg.n_embd / 256, f"fake {cfg.n_embd}"
+
+    train = TrainConfig(max_time="2h", batch_size=8)
+    cfg, info = sizing.for_budget(auto(), tok, train, 1000, train_tokens=10**10, measure=measure)
+    assert measured[0] == 256  # the first guess: 4 x 256
+    assert measured[-1] == cfg.n_embd and len(measured) == len(set(measured))  # the last pick was measured, once each
+    rate = 1e9 * cfg.n_embd / 256
+    assert info["flops_per_second"] == rate and info["budget_flops"] == rate * 7200
+    assert cfg == sizing.nearest(auto(), tok, sizing.optimal_parameters(flops=rate * 7200))
+    line = sizing.describe(info)
+    assert line.startswith(f"{cfg.n_layer} layers x {cfg.n_embd} wide") and f"7200 s x {rate:.3g} FLOP/s" in line
+    assert f"(fake {cfg.n_embd})" in line
+
+
+def test_a_time_budget_takes_a_larger_model_rather_than_repeat_the_data_too_often(tok):
+    train, rate = TrainConfig(max_time="10m", batch_size=8), 1e11
+    fake = lambda c: (rate, "fake")  # noqa: E731
+    free, info = sizing.for_budget(auto(), tok, train, 1000, train_tokens=10**9, measure=fake)
+    assert info["epochs"] < sizing.MAX_EPOCHS  # plenty of data: the compute-optimal rung
+    assert free == sizing.nearest(auto(), tok, sizing.optimal_parameters(flops=rate * 600))
+    little = int(rate * 600 / (6 * info["parameters"]) / 10)  # that rung would pass over this data 10 times
+    capped, capped_info = sizing.for_budget(auto(), tok, train, 10, little, measure=fake)
+    assert capped_info["parameters"] > info["parameters"] and capped_info["epochs"] <= sizing.MAX_EPOCHS
+    below = sizing.LADDER[sizing.LADDER.index((capped.n_layer, capped.n_embd, capped.n_head)) - 1]
+    epochs_below = rate * 600 / (6 * sizing.parameters(sizing.shaped(auto(), below), tok)) / little
+    assert epochs_below > sizing.MAX_EPOCHS  # the rung below the chosen one would repeat the data too often
+
+
+def test_auto_refuses_sizes_of_its_own_and_from_pretrained():
+    with pytest.raises(ConfigError, match=r"preset auto chooses n_layer.*sets model\.n_layer, model\.n_head"):
+        auto(n_layer=4, n_head=2)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        auto(from_pretrained="some/model")
+
+
+def test_an_auto_recipe_is_checked_when_loaded(corpus_file):
+    spec = tiny_recipe_dict(corpus_file)
+    spec["model"] = {"preset": "auto", "context_length": 32, "extra": {"intermediat_size": 64}}
+    with pytest.raises(ConfigError, match="intermediat_size is not a qwen3 config key"):
+        Recipe.from_dict(spec)
+
+
+def test_an_auto_recipe_trains_the_chosen_shape_and_a_new_budget_chooses_again(tmp_path, corpus_file):
+    from llmforge import Run
+    from llmforge.tools.report import data_report
+
+    spec = tiny_recipe_dict(corpus_file, max_steps=4, eval_every=None, save_every=None)
+    spec["model"] = {"preset": "auto", "arch": "llama", "context_length": 32}
+    out = tmp_path / "run"
+    report = data_report(Recipe.from_dict(spec), out=tmp_path / "report", console=Console(quiet=True))
+    Recipe.from_dict(spec).run(out, console=Console(quiet=True))
+    info = json.loads((out / "model" / ".llmforge.json").read_text())["info"]
+    assert info["preset"] == "auto" and info["sized"]["budget_tokens"] == 4 * 4 * 32
+    config = json.loads((Run(out).model_dir / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    assert [config[k] for k in ("num_hidden_layers", "hidden_size")] == [info["n_layer"], info["n_embd"]]
+    assert report["auto"]["shape"] == info["sized"]["shape"] and report["parameters"] == info["parameters"]
+    first = (out / "model" / ".llmforge.json").read_text()
+    spec["train"]["max_steps"] = 5
+    Recipe.from_dict(spec).run(out, console=Console(quiet=True))
+    assert (out / "model" / ".llmforge.json").read_text() != first  # the budget changed: sized (and built) again
