@@ -96,10 +96,52 @@ def test_a_time_budget_measures_until_the_choice_stays(tok):
     assert measured[-1] == cfg.n_embd and len(measured) == len(set(measured))  # the last pick was measured, once each
     rate = 1e9 * cfg.n_embd / 256
     assert info["flops_per_second"] == rate and info["budget_flops"] == rate * 7200
-    assert cfg == sizing.nearest(auto(), tok, sizing.optimal_parameters(flops=rate * 7200))
+    assert cfg == sizing.nearest(auto(), tok, sizing.optimal_parameters(flops=rate * 7200))  # a fixed point
+    assert len(measured) > 1  # this fake speed moved the choice off the first guess
     line = sizing.describe(info)
     assert line.startswith(f"{cfg.n_layer} layers x {cfg.n_embd} wide") and f"7200 s x {rate:.3g} FLOP/s" in line
     assert f"(fake {cfg.n_embd})" in line
+
+
+def test_a_choice_that_flips_between_two_rungs_keeps_the_measured_rungs_own_figures(tok):
+    """Noise can send the choice back to a rung measured before: it stops there, with that rung's speed."""
+
+    def rate_choosing(rung):  # a FLOP/s at which 2 h of training choose `rung`
+        rates = [10 ** (e / 8) for e in range(40, 130)]
+        return next(r for r in rates if sizing.for_flops(auto(), tok, r * 7200, 10**12)[0].n_embd == rung[1])
+
+    to_384, to_256 = rate_choosing((6, 384, 6)), rate_choosing((4, 256, 4))
+    rates = {256: to_384, 384: to_256}  # 4 x 256 measures fast and points up; 6 x 384 slow and points back
+    train = TrainConfig(max_time="2h", batch_size=8)
+    calls = []
+    fake = lambda c: (calls.append(c.n_embd), (rates[c.n_embd], f"fake {c.n_embd}"))[1]  # noqa: E731
+    cfg, info = sizing.for_budget(auto(), tok, train, 1000, train_tokens=10**12, measure=fake)
+    assert calls == [256, 384] and cfg.n_embd == 384  # measured each once, and kept the last one measured
+    assert info["flops_per_second"] == to_256 and info["measured"] == "fake 384"
+
+
+def test_every_process_trains_so_the_budget_is_theirs_together(tok):
+    train = TrainConfig(max_time="1h", batch_size=8)
+    fake = lambda c: (1e11, "fake")  # noqa: E731
+    one = sizing.for_budget(auto(), tok, train, 1000, 10**12, world=1, measure=fake)[1]
+    eight = sizing.for_budget(auto(), tok, train, 1000, 10**12, world=8, measure=fake)[1]
+    assert eight["budget_flops"] == 8 * one["budget_flops"] and eight["parameters"] > one["parameters"]
+
+
+def test_a_step_limit_that_ends_training_first_sizes_by_its_tokens(tok):
+    both = TrainConfig(max_time="2h", max_steps=10, batch_size=8)
+    cfg, info = sizing.for_budget(auto(), tok, both, 1000, 10**9, measure=lambda c: (1e11, "fake"))
+    assert info["budget_tokens"] == 10 * 8 * 256 and "budget_seconds" not in info
+    assert cfg == sizing.for_budget(auto(), tok, TrainConfig(max_steps=10, batch_size=8), 1000, 10**9)[0]
+    long = TrainConfig(max_time="1m", max_steps=10**9, batch_size=8)  # the time ends it first
+    assert "budget_seconds" in sizing.for_budget(auto(), tok, long, 1000, 10**9, measure=lambda c: (1e11, "f"))[1]
+
+
+def test_a_stream_of_unknown_size_is_not_held_to_the_epoch_limit(tok):
+    train, fake = TrainConfig(max_time="1h", batch_size=8), (lambda c: (1e11, "fake"))
+    free, info = sizing.for_budget(auto(), tok, train, 10, train_tokens=None, measure=fake)
+    assert free == sizing.nearest(auto(), tok, sizing.optimal_parameters(flops=1e11 * 3600)) and info["epochs"] is None
+    assert "epochs of the data" not in sizing.describe(info)
 
 
 def test_a_time_budget_takes_a_larger_model_rather_than_repeat_the_data_too_often(tok):
@@ -119,8 +161,22 @@ def test_a_time_budget_takes_a_larger_model_rather_than_repeat_the_data_too_ofte
 def test_auto_refuses_sizes_of_its_own_and_from_pretrained():
     with pytest.raises(ConfigError, match=r"preset auto chooses n_layer.*sets model\.n_layer, model\.n_head"):
         auto(n_layer=4, n_head=2)
+    with pytest.raises(ConfigError, match=r"a key/value head per query head.*sets model\.n_kv_head"):
+        auto(n_kv_head=2)
     with pytest.raises(ConfigError, match="exclude each other"):
         auto(from_pretrained="some/model")
+
+
+def test_auto_needs_the_data_and_a_budget():
+    with pytest.raises(ConfigError, match="needs data, tokenizer and train blocks"):
+        Recipe(model=ModelConfig(preset="auto"), train=None)
+
+
+def test_an_unsized_auto_config_is_not_built(tok):
+    from llmforge.models.build import build_model
+
+    with pytest.raises(ConfigError, match="sized by the model stage"):
+        build_model(auto(), tok, seed=0)
 
 
 def test_an_auto_recipe_is_checked_when_loaded(corpus_file):
@@ -130,11 +186,11 @@ def test_an_auto_recipe_is_checked_when_loaded(corpus_file):
         Recipe.from_dict(spec)
 
 
-def test_an_auto_recipe_trains_the_chosen_shape_and_a_new_budget_chooses_again(tmp_path, corpus_file):
+def test_an_auto_recipe_trains_the_chosen_shape_and_a_later_budget_trains_it_on(tmp_path, corpus_file):
     from llmforge import Run
     from llmforge.tools.report import data_report
 
-    spec = tiny_recipe_dict(corpus_file, max_steps=4, eval_every=None, save_every=None)
+    spec = tiny_recipe_dict(corpus_file, max_steps=4, eval_every=None, save_every=4)
     spec["model"] = {"preset": "auto", "arch": "llama", "context_length": 32}
     out = tmp_path / "run"
     report = data_report(Recipe.from_dict(spec), out=tmp_path / "report", console=Console(quiet=True))
@@ -143,9 +199,13 @@ def test_an_auto_recipe_trains_the_chosen_shape_and_a_new_budget_chooses_again(t
     assert info["preset"] == "auto" and info["sized"]["budget_tokens"] == 4 * 4 * 32
     config = json.loads((Run(out).model_dir / "config.json").read_text())
     assert config["model_type"] == "llama"
-    assert [config[k] for k in ("num_hidden_layers", "hidden_size")] == [info["n_layer"], info["n_embd"]]
+    shape = info["sized"]["shape"]
+    assert [config[k] for k in ("num_hidden_layers", "hidden_size", "num_attention_heads")] == list(shape.values())
     assert report["auto"]["shape"] == info["sized"]["shape"] and report["parameters"] == info["parameters"]
     first = (out / "model" / ".llmforge.json").read_text()
-    spec["train"]["max_steps"] = 5
-    Recipe.from_dict(spec).run(out, console=Console(quiet=True))
-    assert (out / "model" / ".llmforge.json").read_text() != first  # the budget changed: sized (and built) again
+    spec["train"]["max_steps"] = 6
+    console = Console(record=True, width=200)
+    Recipe.from_dict(spec).run(out, console=console)
+    assert (out / "model" / ".llmforge.json").read_text() == first  # a later budget trains the same model on
+    assert json.loads((out / "train" / "final" / ".llmforge.json").read_text())["info"]["steps"] == 6
+    assert "training afresh" not in console.export_text()

@@ -87,8 +87,11 @@ class Recipe:
         if self.model is not None:
             if self.model.preset is not None:
                 self.model = apply_preset(self.model, get_plugins(self.plugins))
-            if self.model.preset == AUTO and self.train is None:
-                raise ConfigError("model.preset auto sizes the model for the train block's budget: add a train block.")
+            if self.model.preset == AUTO and None in (self.data, self.tokenizer, self.train):
+                raise ConfigError(
+                    "model.preset auto sizes the model for the data and the train block's budget: the recipe needs "
+                    "data, tokenizer and train blocks."
+                )
             if not self.model.from_pretrained:
                 check(self.model)
 

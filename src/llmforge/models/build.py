@@ -93,6 +93,11 @@ def family_config(cfg: ModelConfig, tok: Any) -> PretrainedConfig:
     """Translate the recipe's sizes to the family's config keys and validate the result."""
     if needs_preset(cfg):
         cfg = apply_preset(cfg, get_plugins())
+    if cfg.n_layer is None:  # preset auto, not yet sized
+        raise ConfigError(
+            "model.preset auto is sized by the model stage of a Recipe run (or llmforge.training.sizing.for_budget): "
+            "build the sized config, not the auto one."
+        )
     check(cfg)  # arch, sizes, n_kv_head and extra keys, as when the recipe was loaded
     valid = config_keys(config_class(cfg.arch))
     keys, _ = translate(family_of(cfg.arch), cfg, valid)

@@ -267,9 +267,9 @@ def _prepare_auto(cfg: ModelConfig) -> ModelConfig:
     defaults, because the tokenizer and blocks stages need them first."""
     if given := [k for k in AUTO_SIZES if getattr(cfg, k) is not None]:
         raise ConfigError(
-            f"model.preset auto chooses n_layer, n_embd and n_head for the training budget, but the recipe sets "
-            f"{', '.join(f'model.{k}' for k in given)}. Remove {'it' if len(given) == 1 else 'them'}, or remove "
-            "model.preset to give every size yourself."
+            f"model.preset auto chooses n_layer, n_embd and n_head for the training budget (with a key/value head "
+            f"per query head), but the recipe sets {', '.join(f'model.{k}' for k in given)}. Remove "
+            f"{'it' if len(given) == 1 else 'them'}, or remove model.preset to give every size yourself."
         )
     fill = {k: MODEL_DEFAULTS[k] for k in ("arch", "context_length") if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, **fill)

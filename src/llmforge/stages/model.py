@@ -31,13 +31,11 @@ def describe(out: dict[str, Any]) -> str:
 
 
 def fingerprint(ctx: Context) -> str:
-    train = ctx.recipe.train
-    budget = (  # preset auto sizes the model for the training budget: a new budget, a new model
-        [train.max_time, train.max_steps, train.epochs, train.batch_size, train.grad_accum, train.precision]
-        if ctx.recipe.model.preset == AUTO
-        else []
-    )
-    return rundir.fingerprint("model", vars(ctx.recipe.model), ctx.fingerprints["tokenizer"], train.seed, *budget)
+    # preset auto sizes the model on the run dir's first run, for its data and budget: new data builds
+    # (and sizes) afresh, while a later budget trains the same model on, as with any other model
+    data = [ctx.fingerprints["blocks"]] if ctx.recipe.model.preset == AUTO else []
+    recipe = ctx.recipe
+    return rundir.fingerprint("model", vars(recipe.model), ctx.fingerprints["tokenizer"], recipe.train.seed, *data)
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -45,8 +43,9 @@ def run(ctx: Context) -> dict[str, Any]:
     tok = ctx.tokenizer()
     sized = None
     if cfg.preset == AUTO:
-        train = ctx.outputs["blocks"]["train"]
-        cfg, sized = sizing.for_budget(cfg, tok, ctx.recipe.train, train["blocks"], train["tokens"], world_size())
+        train = ctx.outputs["blocks"]["train"]  # a stream's blocks are a sample of it: its size is unknown
+        tokens = None if ctx.recipe.data.streaming else train["tokens"]
+        cfg, sized = sizing.for_budget(cfg, tok, ctx.recipe.train, train["blocks"], tokens, world_size())
         ctx.console.print(f"  model.preset auto: {sizing.describe(sized)}")
     model = build_model(cfg, tok, seed=ctx.recipe.train.seed, console=ctx.console)
     if ctx.recipe.train.document_aware:  # refuse a family that would silently attend across documents
@@ -56,7 +55,7 @@ def run(ctx: Context) -> dict[str, Any]:
     info = {
         "arch": model.config.model_type,
         "preset": ctx.recipe.model.preset,
-        **({"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "n_head": cfg.n_head, "sized": sized} if sized else {}),
+        **({"sized": sized} if sized else {}),  # preset auto: the shape it chose, and why
         "parameters": params,
         "train_tokens": train_tokens,
         "tokens_per_parameter": round(train_tokens / params, 4),

@@ -75,7 +75,7 @@ def _report(recipe, out, console, budget_flops, budget_hours, flops_per_second, 
             tok,
             cfg,
             len(blocks["train"]),
-            stats["train"]["tokens"],
+            None if recipe.data.streaming else stats["train"]["tokens"],
             processes,
             measure=(lambda _: assumed) if assumed else None,
         )
@@ -87,7 +87,8 @@ def _report(recipe, out, console, budget_flops, budget_hours, flops_per_second, 
         budget_hours = time_budget / 3600  # the recipe's own budget: the report plans what training will do
     throughput = None
     if budget_hours is not None or time_budget is not None:
-        throughput = assumed or measure_throughput(model_cfg, tok, cfg, out, params, T, console)
+        timed = (sized["flops_per_second"], sized["measured"]) if sized and "measured" in sized else None
+        throughput = assumed or timed or measure_throughput(model_cfg, tok, cfg, out, params, T, console)
     planned = planned_steps(cfg, len(blocks["train"]), processes)
     if time_budget is not None and throughput is not None:  # the steps train.max_time holds at this speed
         in_time = max(1, int(time_budget * throughput[0] / (6 * params * tokens_per_step)))
@@ -146,8 +147,9 @@ def suggest(
     budget_hours: float | None,
     throughput: tuple[float, str] | None,
 ) -> dict[str, Any]:
-    """The compute-optimal size for a budget (llmforge.training.sizing), and the ladder's shape nearest it in
-    the recipe's family. `throughput`: (training FLOP/s, where that figure came from), needed with `budget_hours`."""
+    """The compute-optimal size for a budget and the ladder's shape for it in the recipe's family, as
+    `model.preset: auto` chooses (llmforge.training.sizing). `throughput`: (training FLOP/s, where that
+    figure came from), needed with `budget_hours`."""
     flops_per_second, throughput_source = throughput or (None, None)
     if budget_hours is not None:
         assert flops_per_second is not None
@@ -155,9 +157,8 @@ def suggest(
     assert budget_flops is not None
     if budget_flops <= 0:
         raise ConfigError("The compute budget must be positive.")
-    n_opt = sizing.optimal_parameters(flops=budget_flops)
+    shape, n_opt = sizing.for_flops(model_cfg, tok, budget_flops, report["train_tokens"])
     ratio = sizing.tokens_per_parameter(budget_flops)
-    shape = sizing.nearest(model_cfg, tok, n_opt)
     return {
         "flops": budget_flops,
         "hours": budget_hours,
@@ -253,11 +254,12 @@ def print_report(console: Console, r: dict[str, Any], kept: Path | None) -> None
             f"{_n(b['parameters'])} parameters on {_n(b['tokens'])} tokens "
             f"({b['epochs_of_this_data']:.2f} epochs of this data"
             + (
-                "; more than ~4 epochs repeats too much: get more data or take a smaller model"
-                if b["epochs_of_this_data"] > 4
+                f"; more than {sizing.MAX_EPOCHS} passes repeat the text too often: the shape below is larger, so "
+                "that it sees the data fewer times; more data would do better"
+                if b["epochs_of_this_data"] > sizing.MAX_EPOCHS
                 else ""
             )
-            + ")\n  nearest shape: model: "
+            + ")\n  the shape for it (what model.preset auto builds): model: "
             f"{{n_layer: {s['n_layer']}, n_embd: {s['n_embd']}, n_head: {s['n_head']}}}"
             f" ({_n(b['shape_parameters'])} parameters)"
         )

@@ -95,18 +95,18 @@ def nearest(cfg: ModelConfig, tok: Any, n_opt: float) -> ModelConfig:
 
 def flops_per_second(cfg: ModelConfig, tok: Any, batch: int, length: int, precision: str) -> tuple[float, str]:
     """Training FLOP/s (6 N per token) of `cfg` on this machine: a warm-up and three optimizer steps of
-    one micro-batch of `length`-token rows, in the precision training will choose."""
-
+    one micro-batch of `length`-token rows, in the precision training will choose. torch's random state
+    is left as it was (the model stage seeds everything again before it builds the real model)."""
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    model = build_model(cfg, tok, seed=0).to(device)
-    model.train()
     batch = batch if cuda else min(batch, 4)  # a CPU measurement of a big model must not take minutes
-    ids = torch.randint(0, len(tok), (batch, length), device=device, generator=None)
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    bf16 = choose_precision(precision, model, length).precision == "bf16"
     times = []
     with torch.random.fork_rng():
+        model = build_model(cfg, tok, seed=0).to(device)
+        model.train()
+        ids = torch.randint(0, len(tok), (batch, length), device=device)
+        optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        bf16 = choose_precision(precision, model, length).precision == "bf16"
         for step in range(4):
             start = time.perf_counter()
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
@@ -133,58 +133,72 @@ def for_budget(
     tok: Any,
     train: Any,
     train_blocks: int,
-    train_tokens: int,
+    train_tokens: int | None,
     world: int = 1,
     measure: Any = None,
 ) -> tuple[ModelConfig, dict[str, Any]]:
-    """The ladder's shape for `train`'s budget (a TrainConfig) on `train_tokens` of data, and how it was chosen.
+    """The ladder's shape for `train`'s budget (a TrainConfig) on `train_tokens` of data (None: a stream,
+    unknown), and how it was chosen.
 
     With train.max_time the FLOP/s are measured on a first guess (4 x 256), then again on the rung that
     guess points to until the choice stays (a small model runs fewer FLOP/s than a large one on a CPU);
-    a rung that would see its data more than MAX_EPOCHS times in the budget gives way to the next larger
-    one. `measure(cfg) -> (FLOP/s, where from)` replaces the measurement in tests.
+    every one of `world` processes trains, so the budget is theirs together. A rung that would pass over
+    the data more than MAX_EPOCHS times gives way to the next larger one. With max_steps as well, the
+    budget that ends training first decides. `measure(cfg) -> (FLOP/s, where from)` replaces the
+    measurement in tests.
     """
-
     length = cfg.context_length
     seconds = parse_duration(train.max_time, "train.max_time")
-    if seconds is None:
-        tokens = planned_steps(train, train_blocks, world) * train.batch_size * train.grad_accum * length * world
+    step_tokens = train.batch_size * train.grad_accum * length * world
+    info: dict[str, Any] = {}
+    if seconds is not None:
+        measure = measure or (lambda c: flops_per_second(c, tok, train.batch_size, length, train.precision))
+        measured: dict[tuple[int, int, int], tuple[float, str]] = {}
+        chosen = shaped(cfg, LADDER[2])
+        while _rung(chosen) not in measured:
+            measured[_rung(chosen)] = measure(chosen)
+            rate = measured[_rung(chosen)][0]
+            pick, n_opt = for_flops(cfg, tok, rate * seconds * world, train_tokens)
+            if pick == chosen or _rung(pick) in measured:  # settled, or back to a rung already measured (noise)
+                break
+            chosen = pick
+        rate, source = measured[_rung(chosen)]
+        flops = rate * seconds * world
+        in_time = flops / (6 * parameters(chosen, tok))  # the tokens the budget buys this shape
+        info = {"budget_seconds": seconds, "flops_per_second": rate, "budget_flops": flops, "measured": source}
+    if seconds is None or (train.max_steps and train.max_steps * step_tokens < in_time):  # the steps end it first
+        tokens = planned_steps(dataclasses.replace(train, max_time=None), train_blocks, world) * step_tokens
         n_opt = optimal_parameters(tokens=tokens)
         chosen = nearest(cfg, tok, n_opt)
-        info: dict[str, Any] = {"budget_tokens": tokens}
-    else:
-        measure = measure or (lambda c: flops_per_second(c, tok, train.batch_size, length, train.precision))
-        chosen, tried = shaped(cfg, LADDER[2]), []
-        while chosen not in tried:
-            rate, source = measure(chosen)
-            tried.append(chosen)
-            flops = rate * seconds
-            n_opt = optimal_parameters(flops=flops)
-            chosen = nearest(cfg, tok, n_opt)
-            while _epochs(flops, parameters(chosen, tok), train_tokens) > MAX_EPOCHS and chosen != _largest(cfg):
-                chosen = shaped(cfg, LADDER[LADDER.index(_rung(chosen)) + 1])
-        info = {"budget_seconds": seconds, "flops_per_second": rate, "budget_flops": flops, "measured": source}
+        info = {"budget_tokens": tokens}
+        in_time = tokens
     n = parameters(chosen, tok)
     info.update(
         optimal_parameters=round(n_opt),
         shape={k: getattr(chosen, k) for k in ("n_layer", "n_embd", "n_head")},
         parameters=n,
-        epochs=round(info["budget_tokens"] / train_tokens if seconds is None else _epochs(flops, n, train_tokens), 2),
+        epochs=None if train_tokens is None else round(in_time / train_tokens, 2),
     )
     return chosen, info
 
 
-def _epochs(flops: float, params: int, train_tokens: int) -> float:
-    """Passes over the data that `flops` buy a model of `params` parameters (D = C / 6N)."""
-    return flops / (6 * params) / max(train_tokens, 1)
+def for_flops(cfg: ModelConfig, tok: Any, flops: float, train_tokens: int | None) -> tuple[ModelConfig, float]:
+    """The ladder's shape for `flops` of training on `train_tokens` of data, and the compute-optimal count:
+    the rung nearest it, or the smallest larger one that passes over the data at most MAX_EPOCHS times
+    (no such limit on a stream, whose size is not known)."""
+    n_opt = optimal_parameters(flops=flops)
+    chosen = nearest(cfg, tok, n_opt)
+    while (
+        train_tokens is not None
+        and flops / (6 * parameters(chosen, tok)) > MAX_EPOCHS * train_tokens
+        and _rung(chosen) != LADDER[-1]
+    ):
+        chosen = shaped(cfg, LADDER[LADDER.index(_rung(chosen)) + 1])
+    return chosen, n_opt
 
 
 def _rung(cfg: ModelConfig) -> tuple[int, int, int]:
     return (cfg.n_layer, cfg.n_embd, cfg.n_head)
-
-
-def _largest(cfg: ModelConfig) -> ModelConfig:
-    return shaped(cfg, LADDER[-1])
 
 
 def describe(info: dict[str, Any]) -> str:
@@ -199,5 +213,6 @@ def describe(info: dict[str, Any]) -> str:
         budget = f"{info['budget_tokens']:,} training tokens"
     return (
         f"{s['n_layer']} layers x {s['n_embd']} wide, {s['n_head']} heads ({info['parameters'] / 1e6:.2f}M parameters; "
-        f"compute-optimal for {budget}: {info['optimal_parameters'] / 1e6:.2f}M; {info['epochs']:g} epochs of the data)"
+        f"compute-optimal for {budget}: {info['optimal_parameters'] / 1e6:.2f}M"
+        + (f"; {info['epochs']:g} epochs of the data)" if info["epochs"] is not None else ")")
     )
