@@ -59,6 +59,16 @@ def last_evaluation(trainer: Trainer, best_kept: bool = False) -> dict[str, floa
     return None
 
 
+def stop_ids(asked: int | list[int] | None, own: int | list[int] | None) -> int | list[int] | None:
+    """`asked` first, then the model's `own` stop ids it lacks, without repeats; a single id stays an int."""
+    ids: list[int] = []
+    for group in (asked, own):
+        for i in [group] if isinstance(group, int) else group or []:
+            if i not in ids:
+                ids.append(i)
+    return ids[0] if len(ids) == 1 and isinstance(asked, int) else ids or None
+
+
 def save_final(
     trainer: Trainer,
     tok: Any,
@@ -71,11 +81,14 @@ def save_final(
     """The finished model as a plain HF dir (loads without llmforge), written atomically.
 
     `model` replaces the trainer's (e.g. LoRA merged into its base); `eos_token_id` the ids generation
-    stops at (e.g. a chat template's end-of-turn token and EOS)."""
+    stops at (e.g. a chat template's end-of-turn token and EOS), ahead of the ones the model already
+    stopped at (a base's own list, such as Llama 3's three ids, is kept, not replaced)."""
     model = trainer.model if model is None else model
     model.config.use_cache = True
     if model.generation_config is not None:
-        model.generation_config.eos_token_id = tok.eos_token_id if eos_token_id is None else eos_token_id
+        model.generation_config.eos_token_id = stop_ids(
+            tok.eos_token_id if eos_token_id is None else eos_token_id, model.generation_config.eos_token_id
+        )
         model.generation_config.pad_token_id = tok.pad_token_id
     with rundir.atomic_dir(final, fp, outputs) as tmp:
         if model is trainer.model:
