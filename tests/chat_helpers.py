@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -62,6 +64,20 @@ def tiny_base(path: Path, text: str, arch: str = "gpt2", width: int = 32, positi
     if arch == "gpt2":
         config = GPT2Config(vocab_size=len(tok), n_positions=positions, n_embd=width, n_layer=1, n_head=2, **ids)
         model = GPT2LMHeadModel(config)
+    elif arch == "gemma2":  # logit soft-capping, a sliding window on every other layer, no SDPA in transformers
+        config = Gemma2Config(
+            vocab_size=len(tok),
+            max_position_embeddings=positions,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=width // 2,
+            sliding_window=16,
+            **ids,
+        )
+        model = Gemma2ForCausalLM(config)
     else:
         config = LlamaConfig(
             vocab_size=len(tok),

@@ -15,7 +15,7 @@ import torch
 import yaml
 from rich.console import Console
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, pipeline
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 import llmforge
 from chat_helpers import INSTRUCT, registry, tiny_base, tiny_tokenizer, write_jsonl
@@ -25,7 +25,7 @@ from llmforge.chat.conversations import install_template
 from llmforge.chat.examples import build_examples, summary_lines
 from llmforge.cli import main
 from llmforge.config.schema import FinetuneConfig
-from llmforge.data.batches import ExampleCollator
+from llmforge.data.batches import ExampleCollator, document_leak
 from llmforge.errors import ConfigError
 from llmforge.models.loading import load_model_dir as load
 from llmforge.plugin.manager import get_plugins
@@ -123,6 +123,24 @@ def write_finetune_only(tmp_path: Path, base: Path, **changes) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({"name": "chat", "finetune": block}))
     return path
+
+
+def test_a_family_without_sdpa_fine_tunes_with_its_eager_attention(tmp_path, corpus_text, capsys):
+    """Gemma 2 (soft-capped logits, sliding windows) has no SDPA kernel in transformers: eager, said once."""
+    base = tiny_base(tmp_path / "gemma2", corpus_text, arch="gemma2", positions=128)
+    recipe = write_finetune_only(
+        tmp_path, base, max_examples=24, max_steps=2, eval_every=None, save_every=None, packing=True, max_length=128
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "gemma2 has no SDPA attention in transformers: its eager attention runs instead" in printed
+    model = AutoModelForCausalLM.from_pretrained(out / "finetune" / "final")  # plain transformers
+    assert model.config.model_type == "gemma2" and model.config.final_logit_softcapping == 30.0
+    with torch.no_grad():
+        logits = model(torch.tensor([[5, 6, 7]])).logits
+    assert logits.abs().max() <= 30.0  # the soft cap holds after fine-tuning
+    assert not document_leak(model.train(), model.config.eos_token_id)  # packed examples stay apart in eager
 
 
 def test_finetune_only_recipe_trains_a_model_that_stops_at_its_end_of_turn(tmp_path, base, capsys):

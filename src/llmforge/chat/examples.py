@@ -66,9 +66,19 @@ def base_tokenizer(base: str, cfg: FinetuneConfig, plugins: Plugins) -> tuple[An
 
 
 def base_model(base: str, tok: Any, cfg: FinetuneConfig, console: Console, attn: str = "sdpa") -> torch.nn.Module:
-    """The base model, with embedding rows added for the template's new tokens."""
+    """The base model, with embedding rows added for the template's new tokens. A family transformers has
+    no SDPA kernel for (Gemma 2) runs its own eager attention, said in one line."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, attn_implementation=attn)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(base, attn_implementation=attn)
+        except ValueError as exc:
+            if attn != "sdpa" or "does not support an attention implementation" not in str(exc):
+                raise
+            model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager")
+            console.print(
+                f"  {model.config.model_type} has no SDPA attention in transformers: its eager attention runs "
+                "instead (slower; the packed rows' document masks still apply)"
+            )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"Cannot load finetune.base '{base}': {first_line(exc)}") from exc
     old = model.get_input_embeddings().num_embeddings
