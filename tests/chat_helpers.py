@@ -64,32 +64,22 @@ def tiny_base(path: Path, text: str, arch: str = "gpt2", width: int = 32, positi
     if arch == "gpt2":
         config = GPT2Config(vocab_size=len(tok), n_positions=positions, n_embd=width, n_layer=1, n_head=2, **ids)
         model = GPT2LMHeadModel(config)
-    elif arch == "gemma2":  # logit soft-capping, a sliding window on every other layer, no SDPA in transformers
-        config = Gemma2Config(
-            vocab_size=len(tok),
-            max_position_embeddings=positions,
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=width // 2,
-            sliding_window=16,
-            **ids,
-        )
-        model = Gemma2ForCausalLM(config)
     else:
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            max_position_embeddings=positions,
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=2,
+        common = {
+            "vocab_size": len(tok),
+            "max_position_embeddings": positions,
+            "hidden_size": width,
+            "intermediate_size": 2 * width,
+            "num_attention_heads": 2,
             **ids,
-        )
-        model = LlamaForCausalLM(config)
+        }
+        if arch == "gemma2":  # logit soft-capping, a sliding window on every other layer, no SDPA in transformers
+            config = Gemma2Config(
+                **common, num_hidden_layers=2, num_key_value_heads=1, head_dim=width // 2, sliding_window=16
+            )
+            model = Gemma2ForCausalLM(config)
+        else:
+            model = LlamaForCausalLM(LlamaConfig(**common, num_hidden_layers=1, num_key_value_heads=2))
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path

@@ -80,12 +80,19 @@ def shaped(cfg: ModelConfig, rung: tuple[int, int, int]) -> ModelConfig:
     return dataclasses.replace(cfg, preset=None, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=None)
 
 
+_COUNTS: dict[str, int] = {}  # parameter counts by family config (llmforge.training.sizing.parameters)
+
+
 def parameters(cfg: ModelConfig, tok: Any) -> int:
-    """Parameters of `cfg` with this tokenizer, built on the meta device (no memory, no weights)."""
+    """Parameters of `cfg` with this tokenizer, built on the meta device (no memory, no weights) once per
+    distinct config: choosing a rung compares the whole ladder several times."""
     config = family_config(cfg, tok)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())
+    key = config.to_json_string()
+    if key not in _COUNTS:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        _COUNTS[key] = sum(p.numel() for p in model.parameters())
+    return _COUNTS[key]
 
 
 def nearest(cfg: ModelConfig, tok: Any, n_opt: float) -> ModelConfig:
