@@ -9,7 +9,8 @@ context length, every token scored once (comparable across tokenizers).
 
 - llmforge: a recipe with only the shape, `tokenizer.vocab_size: 8192` and `train.max_time` set; every
   other key at its default (the family, the data stage, its own tokenizer, the schedule on the budget's
-  clock). `--set model.preset=auto` drops the shape's sizes and lets llmforge size the model for the budget.
+  clock). `--set model.preset=auto` drops the shape's sizes and lets llmforge size the model for the budget;
+  `--set tokenizer.vocab_size=auto` does the same for the vocabulary.
 - packed Trainer (what a careful user writes by hand): the training files EOS-joined and cut into
   256-token blocks, a byte-level BPE of 8,192 trained on them, bf16 where it is faster, dropout 0,
   lr 1e-3 cosine with 30 warmup steps, weight decay 0.1, batch 8, its max_steps fitted from the last 10 of
@@ -132,6 +133,7 @@ def llmforge_contender(shape: dict, train: Path, held: Path, seconds: float, set
             "steps": final["steps"],
             "train_seconds": final["seconds_spent"] if final["seconds_spent"] is not None else final["train_seconds"],
             "model": json.loads((Path(out) / "model" / ".llmforge.json").read_text())["info"].get("sized"),
+            "tokenizer": json.loads((Path(out) / "tokenizer" / ".llmforge.json").read_text())["info"].get("sized"),
         }
 
 
@@ -298,6 +300,10 @@ def main() -> None:
                 from llmforge.training.sizing import describe
 
                 print(f"llmforge's model.preset auto: {describe(sized)}")
+            if vocabulary := results.get("llmforge", {}).get("tokenizer"):
+                from llmforge.training.sizing import describe_vocabulary
+
+                print(f"llmforge's tokenizer.vocab_size auto: {describe_vocabulary(vocabulary)}")
             for contender, r in results.items():
                 if r["train_seconds"] < 0.9 * seconds:  # its max_steps, fitted from timed steps, ran out early
                     print(

@@ -269,3 +269,31 @@ def test_model_stage_in_a_recipe_run(corpus_file, tmp_path, capsys):
     fresh = state(build_model(recipe.model, tok, seed=recipe.train.seed))
     saved = state(model)
     assert all(torch.equal(fresh[k], saved[k]) for k in fresh)
+
+
+def test_continued_pretraining_starts_at_the_bases_own_loss_with_its_own_tokenizer(tmp_path, corpus_file, corpus_text):
+    """model.from_pretrained without a tokenizer block: the weights' own tokenizer, and the first logged loss
+    is the base model's loss on the new text, to 1e-4: its weights, not a fresh initialisation."""
+    from rich.console import Console
+
+    from chat_helpers import tiny_base
+    from llmforge.data.blocks import open_blocks
+
+    base = tiny_base(tmp_path / "base", corpus_text, arch="llama", positions=64)
+    spec = tiny_recipe_dict(corpus_file, max_steps=1, eval_every=None, save_every=None, document_aware=False)
+    del spec["tokenizer"]
+    spec["model"] = {"from_pretrained": str(base), "context_length": 32}
+    out = tmp_path / "run"
+    Recipe.from_dict(spec).run(out, until="blocks", console=Console(quiet=True))
+    blocks = open_blocks(out / "data" / "blocks")["train"]
+    spec["train"]["batch_size"] = len(blocks)  # one batch of every block: the first loss is over all of them
+    run = Recipe.from_dict(spec).run(out, console=Console(quiet=True))
+    own = AutoTokenizer.from_pretrained(str(base))
+    assert AutoTokenizer.from_pretrained(str(out / "tokenizer")).get_vocab() == own.get_vocab()
+    model = AutoModelForCausalLM.from_pretrained(str(base)).eval()
+    ids = torch.tensor(blocks["input_ids"])
+    with torch.no_grad():
+        direct = model(input_ids=ids, labels=ids).loss.item()
+    first = next(r["loss"] for r in run.metrics() if "loss" in r)
+    assert first == pytest.approx(direct, abs=1e-4)
+    assert AutoModelForCausalLM.from_pretrained(str(run.model_dir)).config.vocab_size == len(own)

@@ -209,3 +209,102 @@ def test_an_auto_recipe_trains_the_chosen_shape_and_a_later_budget_trains_it_on(
     assert (out / "model" / ".llmforge.json").read_text() == first  # a later budget trains the same model on
     assert json.loads((out / "train" / "final" / ".llmforge.json").read_text())["info"]["steps"] == 6
     assert "training afresh" not in console.export_text()
+
+
+def test_the_vocabulary_is_the_measured_one_for_small_budgets_and_grows_as_a_power_law():
+    v = sizing.vocabulary_size
+    (small_flops, small), (large_flops, large), (last_flops, last) = sizing.VOCABULARY_POINTS
+    assert v(1e10) == v(small_flops) == small == 8192
+    assert v(large_flops) == large and v(last_flops) == v(1e30) == last
+    mid = math.sqrt(small_flops * large_flops)  # a power law: the geometric means meet
+    assert v(mid) == pytest.approx(math.sqrt(small * large), abs=32)
+    sizes = [v(10**e) for e in range(13, 28)]
+    assert sizes == sorted(sizes) and all(s % sizing.VOCABULARY_MULTIPLE == 0 for s in sizes)
+    assert 16_384 < v(1.9e18) < 32_768  # GPT-2 124M on Chinchilla's 2.5B tokens: between GPT-2's 50K and our 8K
+
+
+def test_the_vocabulary_of_a_time_budget_is_its_measured_flops():
+    train = TrainConfig(max_time="10m", batch_size=8)
+    seen = []
+
+    def fake(cfg):
+        seen.append((cfg.n_layer, cfg.n_embd))
+        return 1e12, "fake"
+
+    size, info = sizing.vocabulary_for_budget(auto(), train, 10**6, measure=fake)
+    assert seen == [(4, 256)]  # preset auto: the ladder's first guess is measured
+    assert info["budget_flops"] == 600 * 1e12 and size == sizing.vocabulary_size(6e14)
+    assert size > sizing.VOCABULARY_POINTS[0][1]
+    assert "600 s x 1e+12 FLOP/s (fake)" in sizing.describe_vocabulary(info)
+    eight = sizing.vocabulary_for_budget(auto(), train, 10**6, world=8, measure=fake)[1]
+    assert eight["budget_flops"] == 8 * info["budget_flops"]
+
+
+def test_the_vocabulary_of_a_token_budget_counts_the_text_and_the_models_parameters():
+    fixed = ModelConfig(arch="llama", n_layer=2, n_embd=64, n_head=2, context_length=64)
+    train = TrainConfig(epochs=2, batch_size=4, max_steps=None)
+    size, info = sizing.vocabulary_for_budget(fixed, train, train_bytes=4 * 64 * 400)
+    blocks = math.ceil(4 * 64 * 400 / sizing.BYTES_PER_TOKEN / 64)  # the text's blocks of 64 tokens, estimated
+    assert info["budget_tokens"] == 2 * math.ceil(blocks / 4) * 4 * 64  # two epochs of batches of 4 blocks
+    n = sizing.parameters(fixed, sizing.Vocabulary(8192))
+    assert info["budget_flops"] == 6 * n * info["budget_tokens"] and size == sizing.vocabulary_size(
+        6 * n * info["budget_tokens"]
+    )
+    steps = sizing.vocabulary_for_budget(fixed, TrainConfig(max_steps=10, batch_size=4), None)[1]
+    assert steps["budget_tokens"] == 10 * 4 * 64  # a stream with a step budget needs no size
+    both = TrainConfig(max_steps=10, max_time="1h", batch_size=4)
+    first = sizing.vocabulary_for_budget(fixed, both, None, measure=lambda c: (1e12, "fake"))[1]
+    assert "budget_tokens" in first  # ten steps end training long before the hour
+
+
+def test_a_stream_without_a_step_or_time_budget_cannot_size_its_vocabulary():
+    with pytest.raises(ConfigError, match="a stream's size is unknown"):
+        sizing.vocabulary_for_budget(auto(), TrainConfig(epochs=1, max_steps=None), None)
+
+
+def test_vocab_auto_needs_a_trained_tokenizer_and_a_budget(corpus_file):
+    spec = tiny_recipe_dict(corpus_file)
+    spec["tokenizer"] = {"vocab_size": "auto", "train": False, "path": "gpt2"}
+    with pytest.raises(ConfigError, match="tokenizer.vocab_size auto sizes a trained tokenizer"):
+        Recipe.from_dict(spec)
+    spec["tokenizer"] = {"vocab_size": "autoo"}
+    with pytest.raises(ConfigError, match="tokenizer.vocab_size"):
+        Recipe.from_dict(spec)
+
+
+def test_a_vocab_auto_recipe_trains_the_chosen_size_and_keeps_it(tmp_path, corpus_file):
+    from llmforge import Run
+
+    spec = tiny_recipe_dict(corpus_file, max_steps=4, eval_every=None, save_every=4)
+    spec["tokenizer"] = {"vocab_size": "auto"}
+    out = tmp_path / "run"
+    console = Console(record=True, width=200)
+    Recipe.from_dict(spec).run(out, console=console)
+    info = json.loads((out / "tokenizer" / ".llmforge.json").read_text())["info"]
+    assert info["sized"]["budget_tokens"] == 4 * 4 * 32
+    chosen = info["sized"]["vocab_size"]
+    assert chosen == 8192  # a few million FLOPs: the size measured best at the smallest budget
+    # the BPE stops where the tiny corpus has no pair left to merge: the size asked for is a ceiling
+    assert info["vocab_size"] <= chosen
+    assert f"tokenizer.vocab_size auto: {chosen:,} tokens" in console.export_text()
+    config = json.loads((Run(out).model_dir / "config.json").read_text())
+    assert config["vocab_size"] == info["vocab_size"]
+    first = (out / "tokenizer" / ".llmforge.json").read_text()
+    spec["train"]["max_steps"] = 6
+    Recipe.from_dict(spec).run(out, console=Console(quiet=True))
+    assert (out / "tokenizer" / ".llmforge.json").read_text() == first  # a later budget keeps the tokenizer
+
+
+def test_a_flip_never_stops_on_a_rung_that_would_repeat_the_data_too_often(tok):
+    """The first guess measured slow points down; the smaller rung, measured faster, points back up because
+    it would pass over the data more than MAX_EPOCHS times: the choice must be the larger one."""
+    train = TrainConfig(max_time="3m", batch_size=8)
+    n = sizing.parameters(sizing.shaped(auto(), (3, 192, 3)), tok)
+    slow = 6 * sizing.TOKENS_PER_PARAMETER * n * n  # 3 x 192 is compute-optimal for these FLOPs
+    tokens = int(1.5 * slow / (6 * n * sizing.MAX_EPOCHS))  # 2.7 epochs at the slow rate, 5.3 at twice it
+    rates = {256: slow / 180, 192: 2 * slow / 180}
+    fake = lambda c: (rates.get(c.n_embd, 2 * slow / 180), f"fake {c.n_embd}")  # noqa: E731
+    assert sizing.for_flops(auto(), tok, slow, tokens)[0].n_embd == 192  # the slow first guess points down
+    assert sizing.for_flops(auto(), tok, 2 * slow, tokens)[0].n_embd == 256  # and the fast small rung back up
+    cfg, info = sizing.for_budget(auto(), tok, train, 1000, train_tokens=tokens, measure=fake)
+    assert cfg.n_embd > 192 and info["epochs"] <= sizing.MAX_EPOCHS

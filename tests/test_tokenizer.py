@@ -162,7 +162,7 @@ def test_extra_special_token_is_one_id(corpus_file, tmp_path):
             {"special_tokens": [EOS]},
             [r"tokenizer\.pad_token '<\|pad\|>'", r"tokenizer\.special_tokens", "add it", "equal to eos_token"],
         ),
-        ({"path": "some/dir"}, [r"tokenizer\.path", r"tokenizer\.train: true", "set train: false"]),
+        ({"path": "some/dir", "train": True}, [r"tokenizer\.path", r"tokenizer\.train: true", "leave train out"]),
         ({"train": False}, [r"tokenizer\.train is false", r"tokenizer\.path is empty", "name a tokenizer dir"]),
     ],
 )
@@ -208,9 +208,11 @@ def test_tokenizer_path_to_a_dir_without_a_tokenizer(tmp_path):
 # --- loading an existing tokenizer ----------------------------------------------------------------
 
 
-def test_load_a_previous_runs_tokenizer(trained, corpus_file, tmp_path):
+@pytest.mark.parametrize("train", [False, None], ids=["train-false", "path-alone"])
+def test_load_a_previous_runs_tokenizer(trained, corpus_file, tmp_path, train):
     previous, tok_a = trained
-    recipe = recipe_for(corpus_file, train=False, path=str(previous / "tokenizer"))
+    settings = {"train": False} if train is False else {}
+    recipe = recipe_for(corpus_file, path=str(previous / "tokenizer"), **settings)
     out = tmp_path / "run"
     recipe.run(out, console=quiet())
     tok_b = AutoTokenizer.from_pretrained(str(out / "tokenizer"))

@@ -94,6 +94,12 @@ class Recipe:
                 )
             if not self.model.from_pretrained:
                 check(self.model)
+        if self.tokenizer is not None and self.tokenizer.vocab_size == AUTO:
+            if not self.tokenizer.train or None in (self.data, self.model, self.train):
+                raise ConfigError(
+                    "tokenizer.vocab_size auto sizes a trained tokenizer for the train block's budget: the recipe "
+                    "needs data, model and train blocks and tokenizer.train true (a loaded tokenizer keeps its size)."
+                )
 
     @classmethod
     def from_dict(cls, mapping: dict[str, Any], where: str = "recipe") -> Recipe:
@@ -117,6 +123,9 @@ class Recipe:
                     "to fine-tune, or add the data, tokenizer, model and train blocks that make one."
                 )
             kwargs.update(dict.fromkeys(PRETRAINING))  # fine-tune only: finetune.base is the model
+        model = kwargs.get("model")
+        if mapping.get("tokenizer") is None and model is not None and model.from_pretrained and kwargs.get("data"):
+            kwargs["tokenizer"] = TokenizerConfig(path=model.from_pretrained)  # the weights' own tokenizer
         kwargs["name"] = check_type(mapping.get("name", "llmforge-run"), str, "name")
         kwargs["plugins"] = check_type(mapping.get("plugins") or [], list[str], "plugins")
         return cls(**kwargs)

@@ -63,9 +63,15 @@ class DataConfig:
 class TokenizerConfig:
     """Train a byte-level BPE tokenizer on the training documents, or load an existing one."""
 
-    train: bool = _f(True, "Train a new byte-level BPE tokenizer on the training split.")
+    train: bool | None = _f(
+        None, "Train a new byte-level BPE tokenizer on the training split; default: yes, unless path is set."
+    )
     path: str | None = _f(None, "Load this tokenizer (local dir or hub name) instead of training one.")
-    vocab_size: int = _f(8192, "Vocabulary size of a trained tokenizer, special tokens included.")
+    vocab_size: int | Literal["auto"] = _f(
+        8192,
+        "Vocabulary size of a trained tokenizer, special tokens included; auto: chosen for the training budget "
+        "(train.max_time, max_steps or epochs).",
+    )
     min_frequency: int = _f(2, "Minimum pair frequency for a BPE merge.")
     special_tokens: list[str] = _f(["<|endoftext|>", "<|pad|>"], "Special tokens of a trained tokenizer.")
     eos_token: str = _f("<|endoftext|>", "End-of-document token; documents are joined with it.")
@@ -73,6 +79,10 @@ class TokenizerConfig:
         "<|pad|>", "Padding token. Set it equal to eos_token only if you mean it; null keeps a loaded one's."
     )
     max_documents: int | None = _f(None, "Train the tokenizer on at most this many documents.")
+
+    def __post_init__(self) -> None:
+        if self.train is None:  # a path alone loads that tokenizer
+            self.train = self.path is None
 
 
 MODEL_DEFAULTS = {"arch": "qwen3", "n_layer": 4, "n_embd": 128, "n_head": 4, "context_length": 256}

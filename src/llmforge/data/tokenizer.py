@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
+import pyarrow.compute as pc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -21,7 +22,10 @@ BYTE_ALPHABET = 256
 def train_bpe(cfg: TokenizerConfig, documents: Path) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on the training documents of `documents` (data/documents)."""
     if cfg.path:
-        raise ConfigError("tokenizer.path and tokenizer.train: true exclude each other: set train: false to load.")
+        raise ConfigError(
+            "tokenizer.path and tokenizer.train: true exclude each other: leave train out (or false) to load "
+            "the tokenizer at path, or path out to train one."
+        )
     specials = list(dict.fromkeys(cfg.special_tokens))
     if cfg.eos_token not in specials:
         raise ConfigError(
@@ -64,6 +68,12 @@ def train_bpe(cfg: TokenizerConfig, documents: Path) -> PreTrainedTokenizerFast:
         pad_token=cfg.pad_token,
         additional_special_tokens=[t for t in specials if t not in (cfg.eos_token, cfg.pad_token)] or None,
     )
+
+
+def text_bytes(documents: Path) -> int:
+    """UTF-8 bytes of the training documents in `documents` (data/documents)."""
+    texts = datasets.load_from_disk(str(documents))["train"].data.column("text")
+    return int(pc.sum(pc.binary_length(texts)).as_py() or 0)
 
 
 def load_pretrained_tokenizer(cfg: TokenizerConfig) -> PreTrainedTokenizerBase:

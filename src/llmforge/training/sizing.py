@@ -26,7 +26,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llmforge.config.schema import ModelConfig
+from llmforge.errors import ConfigError
 from llmforge.models.build import CHINCHILLA_TOKENS_PER_PARAM, build_model, family_config
+from llmforge.models.families import AUTO
 from llmforge.training.arguments import planned_steps
 from llmforge.training.budget import parse_duration
 from llmforge.training.precision import choose as choose_precision
@@ -50,6 +52,15 @@ TOKENS_PER_PARAMETER = 0.45  # measured: the best rung's training tokens per par
 MEASURED_FLOPS = 2.25e13  # 180 s of a 2-core CPU at 4 x 256 (and at 3 x 192: the same FLOP/s)
 MAX_EPOCHS = 4  # more passes over the same text buy little (Muennighoff et al. 2023; and measured here)
 CHINCHILLA_FLOPS = 6e18  # the smallest budget of Hoffmann et al.'s fits, which found ~20 tokens per parameter
+
+# The vocabulary for the budget (tokenizer.vocab_size: auto): (training FLOPs, vocabulary) points, log-log
+# interpolated and held beyond the ends. Below, the size measured best here at MEASURED_FLOPS on two
+# corpora (docs/performance.md, "The vocabulary for the budget"); above, Tao et al. 2024 ("Scaling laws
+# with vocabulary"): 43K best for their 3B model at 2.3e21 FLOPs, and at least 216K for Llama 2 70B's
+# budget (70B parameters x 2T tokens).
+VOCABULARY_POINTS = ((MEASURED_FLOPS, 8192), (2.3e21, 43_008), (8.4e23, 216_000))
+VOCABULARY_MULTIPLE = 64  # an embedding and head of a multiple of 64 rows keep GPU matmuls on their fast tiles
+BYTES_PER_TOKEN = 4.4  # training text per token at 8K, EOS between paragraphs counted: 4.5 Austen, 4.3 KJV
 
 
 def optimal_parameters(flops: float | None = None, tokens: float | None = None) -> float:
@@ -171,6 +182,7 @@ def for_budget(
             chosen = pick
         rate, source = measured[_rung(chosen)]
         flops = rate * seconds * world
+        chosen = _no_more_epochs(cfg, tok, chosen, flops, train_tokens)  # a flip may have stopped on too small a rung
         in_time = flops / (6 * parameters(chosen, tok))  # the tokens the budget buys this shape
         info = {"budget_seconds": seconds, "flops_per_second": rate, "budget_flops": flops, "measured": source}
     if seconds is None or (train.max_steps and train.max_steps * step_tokens < in_time):  # the steps end it first
@@ -194,14 +206,96 @@ def for_flops(cfg: ModelConfig, tok: Any, flops: float, train_tokens: int | None
     the rung nearest it, or the smallest larger one that passes over the data at most MAX_EPOCHS times
     (no such limit on a stream, whose size is not known)."""
     n_opt = optimal_parameters(flops=flops)
-    chosen = nearest(cfg, tok, n_opt)
+    return _no_more_epochs(cfg, tok, nearest(cfg, tok, n_opt), flops, train_tokens), n_opt
+
+
+def _no_more_epochs(
+    cfg: ModelConfig, tok: Any, chosen: ModelConfig, flops: float, train_tokens: int | None
+) -> ModelConfig:
+    """`chosen`, or the smallest larger rung that passes over `train_tokens` at most MAX_EPOCHS times in
+    `flops` (a stream's size is not known: no limit)."""
     while (
         train_tokens is not None
         and flops / (6 * parameters(chosen, tok)) > MAX_EPOCHS * train_tokens
         and _rung(chosen) != LADDER[-1]
     ):
         chosen = shaped(cfg, LADDER[LADDER.index(_rung(chosen)) + 1])
-    return chosen, n_opt
+    return chosen
+
+
+def vocabulary_size(flops: float) -> int:
+    """The vocabulary for `flops` of training: VOCABULARY_POINTS interpolated in log-log (a power law between
+    neighbours), a multiple of VOCABULARY_MULTIPLE."""
+    points = VOCABULARY_POINTS
+    size = float(points[0][1] if flops <= points[0][0] else points[-1][1])
+    for (f0, v0), (f1, v1) in zip(points, points[1:], strict=False):
+        if f0 < flops <= f1:
+            size = v0 * (v1 / v0) ** (math.log(flops / f0) / math.log(f1 / f0))
+    return VOCABULARY_MULTIPLE * round(size / VOCABULARY_MULTIPLE)
+
+
+class Vocabulary:
+    """A stand-in for a tokenizer of `size` tokens: all that a parameter count or a FLOP/s measurement reads
+    from one (its length and special ids), for sizing before the tokenizer is trained."""
+
+    eos_token_id = bos_token_id = 0
+    pad_token_id = None
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def vocabulary_for_budget(
+    cfg: ModelConfig, train: Any, train_bytes: int | None, world: int = 1, measure: Any = None
+) -> tuple[int, dict[str, Any]]:
+    """The vocabulary for `train`'s budget (a TrainConfig) on `train_bytes` of training text (None: a stream),
+    chosen before the tokenizer exists, and how.
+
+    The budget in FLOPs: train.max_time's seconds at the FLOP/s measured on the model's shape (preset auto:
+    the ladder's first guess, 4 x 256) with the smallest vocabulary of VOCABULARY_POINTS; a token budget
+    (max_steps, or epochs of the text at BYTES_PER_TOKEN) at 6 N D, N the shape's parameters (preset auto:
+    the compute-optimal count for those tokens). With both, the one that ends training first decides.
+    `measure(cfg) -> (FLOP/s, where from)` replaces the measurement in tests.
+    """
+    guess = Vocabulary(VOCABULARY_POINTS[0][1])
+    auto = cfg.preset == AUTO  # the model is sized later, by the model stage
+    shape = shaped(cfg, LADDER[2]) if auto else cfg
+    seconds = parse_duration(train.max_time, "train.max_time")
+    step_tokens = train.batch_size * train.grad_accum * cfg.context_length * world
+    budgets = []
+    if seconds is not None:
+        measure = measure or (lambda c: flops_per_second(c, guess, train.batch_size, c.context_length, train.precision))
+        rate, source = measure(shape)
+        flops = rate * seconds * world
+        budgets.append({"budget_seconds": seconds, "flops_per_second": rate, "budget_flops": flops, "measured": source})
+    if seconds is None or train.max_steps:
+        if train.max_steps:
+            tokens = train.max_steps * step_tokens
+        elif train_bytes is None:
+            raise ConfigError(
+                "tokenizer.vocab_size auto needs a budget it can know before tokenizing: a stream's size is unknown, "
+                "so set train.max_steps or train.max_time."
+            )
+        else:
+            blocks = math.ceil(train_bytes / BYTES_PER_TOKEN / cfg.context_length)
+            tokens = planned_steps(dataclasses.replace(train, max_time=None), blocks, world) * step_tokens
+        n = optimal_parameters(tokens=tokens) if auto else parameters(shape, guess)
+        budgets.append({"budget_tokens": tokens, "budget_flops": 6 * n * tokens})
+    info = min(budgets, key=lambda b: b["budget_flops"])
+    info["vocab_size"] = vocabulary_size(info["budget_flops"])
+    return info["vocab_size"], info
+
+
+def describe_vocabulary(info: dict[str, Any]) -> str:
+    """One line: the vocabulary chosen and the budget that chose it."""
+    if "budget_seconds" in info:
+        budget = f"{info['budget_seconds']:g} s x {info['flops_per_second']:.3g} FLOP/s ({info['measured']})"
+    else:
+        budget = f"{info['budget_tokens']:,} training tokens"
+    return f"{info['vocab_size']:,} tokens for {info['budget_flops']:.3g} training FLOPs ({budget})"
 
 
 def _rung(cfg: ModelConfig) -> tuple[int, int, int]:
