@@ -39,18 +39,44 @@ def llama(tied: bool) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def test_default_targets_per_architecture():
-    assert target_modules(gpt2(), LoraConfig()) == ["c_attn", "c_proj"]
-    assert target_modules(llama(True), LoraConfig()) == ["q_proj", "k_proj", "v_proj", "o_proj"]
+def test_the_default_targets_every_linear_layer_but_the_head():
+    assert target_modules(gpt2(), LoraConfig()) == "all-linear"
     assert target_modules(gpt2(), LoraConfig(target_modules=["c_fc"])) == ["c_fc"]
+    for model, expected in [
+        (gpt2(), {"c_attn", "c_proj", "c_fc"}),  # Conv1D, transposed: peft is told fan_in_fan_out
+        (llama(False), {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ]:
+        adapted = apply_lora(model, LoraConfig(r=2))
+        wrapped = {name.rsplit(".", 1)[-1] for name, m in adapted.named_modules() if hasattr(m, "lora_A")}
+        assert wrapped == expected  # and never lm_head, tied or not
 
 
 def test_trainable_parameters_are_the_adapters():
     model = apply_lora(gpt2(), LoraConfig(r=4))
     trainable, total = parameter_counts(model)
-    # r * (in + out) per adapted matrix: c_attn 32->96, attn.c_proj 32->32, mlp.c_proj 128->32
-    assert trainable == 4 * (32 + 96) + 4 * (32 + 32) + 4 * (128 + 32) == 1408
+    # r * (in + out) per adapted matrix: c_attn 32->96, attn.c_proj 32->32, c_fc 32->128, mlp.c_proj 128->32
+    assert trainable == 4 * (32 + 96) + 4 * (32 + 32) + 4 * (32 + 128) + 4 * (128 + 32) == 2048
     assert total == sum(p.numel() for p in gpt2().parameters()) + trainable
+
+
+def test_dora_and_rslora_are_peft_switches():
+    plain = apply_lora(llama(True), LoraConfig(r=4, alpha=8))
+    both = apply_lora(llama(True), LoraConfig(r=4, alpha=8, dora=True, rslora=True))
+    config = both.peft_config["default"]
+    assert config.use_dora and config.use_rslora and not plain.peft_config["default"].use_dora
+    q = both.base_model.model.model.layers[0].self_attn.q_proj
+    assert q.scaling["default"] == pytest.approx(8 / 2)  # alpha / sqrt(r), not alpha / r
+    assert "default" in q.lora_magnitude_vector  # DoRA's magnitude per output row
+    assert parameter_counts(both)[0] == parameter_counts(plain)[0] + sum(
+        m.out_features
+        for name, m in llama(True).named_modules()
+        if isinstance(m, torch.nn.Linear) and "lm_head" not in name
+    )
+
+
+def test_an_empty_target_list_is_an_error():
+    with pytest.raises(ConfigError, match="target_modules is empty: leave it out"):
+        apply_lora(gpt2(), LoraConfig(target_modules=[]))
 
 
 def test_missing_target_module_lists_the_models_modules():
@@ -119,9 +145,41 @@ def finetune(base, out, **lora):
     return console.export_text()
 
 
+def test_gradient_checkpointing_recomputes_the_blocks_and_trains_the_same(base, tmp_path, monkeypatch):
+    import transformers.modeling_utils as modeling_utils
+
+    calls = []
+    original = modeling_utils.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "checkpoint", counting)
+    logs = []
+    for on in (False, True):
+        cfg = FinetuneConfig(
+            path=str(INSTRUCT / "alpaca.jsonl"),
+            max_examples=40,
+            max_steps=3,
+            batch_size=8,
+            lr=1e-2,
+            log_every=1,
+            gradient_checkpointing=on,
+            lora=LoraConfig(r=4, alpha=8, dropout=0.0),
+        )
+        run = llmforge.finetune(base, cfg, tmp_path / f"run-{on}", console=Console(quiet=True))
+        logs.append([r for r in run.metrics() if "loss" in r])
+        assert bool(calls) is on  # the block (one layer) ran through torch's checkpoint only when asked
+    for a, b in zip(*logs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(
+            b["grad_norm"], rel=1e-4
+        )
+
+
 def test_finetune_with_lora_merged_writes_a_plain_dir(base, tmp_path):
     printed = finetune(base, tmp_path / "run")
-    assert "training 1,472 of" in printed and "LoRA r=4 on c_attn, c_proj + 2 new token rows" in printed
+    assert "training 2,112 of" in printed and "LoRA r=4 on c_attn, c_fc, c_proj + 2 new token rows" in printed
     final = tmp_path / "run" / "finetune" / "final"
     assert (final / "config.json").is_file() and not (final / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(final)

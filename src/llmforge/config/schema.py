@@ -202,6 +202,9 @@ class TrainConfig:
     divergence_factor: float | None = _f(
         5.0, "Stop when a logged loss exceeds this multiple of the lowest logged loss (null: never)."
     )
+    gradient_checkpointing: bool = _f(
+        False, "Recompute each block's activations in the backward pass: far less memory, about a third more compute."
+    )
     auto_batch_size: bool = _f(
         False, "On out-of-memory, halve batch_size and double grad_accum (same effective batch) and retry."
     )
@@ -218,11 +221,13 @@ class LoraConfig:
     r: int = _f(16, "Adapter rank.")
     alpha: float = _f(32.0, "Adapter scaling numerator (the update is scaled by alpha / r).")
     dropout: float = _f(0.05, "Dropout on the adapter input.")
-    target_modules: list[str] | None = _f(
-        None,
-        "Modules to adapt (name or dotted suffix); default per architecture (GPT-2: c_attn, c_proj; "
-        "Llama: q_proj, k_proj, v_proj, o_proj).",
+    target_modules: list[str] | Literal["all-linear"] = _f(
+        "all-linear",
+        "Modules to adapt: all-linear (peft's: every linear or Conv1D layer but the output head, in any family), "
+        "or a list of names or dotted suffixes (e.g. [q_proj, v_proj]).",
     )
+    dora: bool = _f(False, "Weight-decomposed adapters (DoRA, peft's use_dora): a magnitude per output row as well.")
+    rslora: bool = _f(False, "Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (peft's use_rslora).")
     merge: bool = _f(
         True, "Write a merged plain HF model dir; false saves only the adapter, which names its base model dir."
     )

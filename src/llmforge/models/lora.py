@@ -1,9 +1,10 @@
-"""Low-rank adapters through peft: target modules per architecture, new-token rows, merge or save.
+"""Low-rank adapters through peft: target modules, new-token rows, merge or save.
 
 `finetune.lora` in a recipe becomes a `peft.LoraConfig` here and nowhere else: r -> r, alpha ->
-lora_alpha, dropout -> lora_dropout, target_modules -> target_modules (checked against the model's own
-module names first). Rows of the embedding added for a chat template's new tokens are trained through
-peft's `trainable_token_indices`, so the new tokens are learnt while the old rows stay frozen.
+lora_alpha, dropout -> lora_dropout, target_modules -> target_modules (peft's all-linear by default, a
+list checked against the model's own module names first), dora -> use_dora, rslora -> use_rslora. Rows
+of the embedding added for a chat template's new tokens are trained through peft's
+`trainable_token_indices`, so the new tokens are learnt while the old rows stay frozen.
 """
 
 from __future__ import annotations
@@ -18,17 +19,7 @@ import torch
 from llmforge.config.schema import LoraConfig
 from llmforge.errors import ConfigError
 
-ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
-DEFAULT_TARGETS = {
-    "gpt2": ["c_attn", "c_proj"],
-    "llama": ATTENTION,
-    "mistral": ATTENTION,
-    "qwen2": ATTENTION,
-    "qwen3": ATTENTION,
-    "gemma": ATTENTION,
-    "gemma2": ATTENTION,
-    "phi3": ["qkv_proj", "o_proj"],
-}
+ALL_LINEAR = "all-linear"  # peft's own shorthand: every linear or Conv1D layer but the output head
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig, new_token_ids: list[int] | None = None) -> Any:
@@ -40,14 +31,17 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig, new_token_ids: list[int]
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"finetune.lora.dropout must be in [0, 1), got {cfg.dropout}.")
     targets = target_modules(model, cfg)
-    matched = [m for name, m in model.named_modules() if any(_matches(name, t) for t in targets)]
     from transformers.pytorch_utils import Conv1D
 
+    every = targets == ALL_LINEAR
+    matched = [m for name, m in model.named_modules() if every or any(_matches(name, t) for t in targets)]
     lora = peft.LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=targets,
+        use_dora=cfg.dora,
+        use_rslora=cfg.rslora,
         fan_in_fan_out=any(isinstance(m, Conv1D) for m in matched),  # GPT-2 stores its weights transposed
         trainable_token_indices=_token_rows(model, list(new_token_ids or [])),
         task_type="CAUSAL_LM",
@@ -67,17 +61,17 @@ def _token_rows(model: torch.nn.Module, ids: list[int]) -> list[int] | dict[str,
     return {names[inputs]: ids, names[outputs]: ids}
 
 
-def target_modules(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:
-    """The configured targets, or the architecture's default; each must name modules of this model."""
-    model_type = getattr(model.config, "model_type", "?")
+def target_modules(model: torch.nn.Module, cfg: LoraConfig) -> list[str] | str:
+    """The configured targets: peft's all-linear, or names that must each name modules of this model."""
     targets = cfg.target_modules
+    if targets == ALL_LINEAR:
+        return ALL_LINEAR
+    model_type = getattr(model.config, "model_type", "?")
     if not targets:
-        targets = DEFAULT_TARGETS.get(model_type) or _peft_default(model_type)
-        if not targets:
-            raise ConfigError(
-                f"There is no default LoRA target for model type '{model_type}'. Set finetune.lora.target_modules "
-                f"to some of this model's modules: {', '.join(adaptable_modules(model))}."
-            )
+        raise ConfigError(
+            "finetune.lora.target_modules is empty: leave it out (all-linear) or name some of this model's "
+            f"modules: {', '.join(adaptable_modules(model))}."
+        )
     names = [name for name, _ in model.named_modules()]
     missing = [t for t in targets if not any(_matches(name, t) for name in names)]
     if missing:
@@ -108,15 +102,6 @@ def adaptable_modules(model: torch.nn.Module) -> list[str]:
 def _matches(name: str, target: str) -> bool:
     """peft's rule for a list of targets: the full name, or its dotted suffix."""
     return name == target or name.endswith("." + target)
-
-
-def _peft_default(model_type: str) -> list[str] | None:
-    try:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
-    except ImportError:  # pragma: no cover - moved in some peft versions
-        return None
-    found = mapping.get(model_type)
-    return list(found) if found else None
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:

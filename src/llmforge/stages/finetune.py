@@ -113,7 +113,10 @@ def run(ctx: Context) -> dict[str, Any]:
         if cfg.lora is not None:
             with quiet_peft():
                 model = apply_lora(model, cfg.lora, installed.added_ids)
-            how = f": LoRA r={cfg.lora.r} on {', '.join(sorted(model.peft_config['default'].target_modules))}"
+            targets = {
+                t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules
+            }  # all-linear: full names
+            how = f": LoRA r={cfg.lora.r} on {', '.join(sorted(targets))}"
             how += f" + {len(installed.added_ids)} new token rows" if installed.added_ids else ""
         trainable, total = parameter_counts(model)
         ctx.console.print(f"  training {trainable:,} of {total:,} parameters ({trainable / total:.2%}){how}")

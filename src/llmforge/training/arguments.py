@@ -127,6 +127,8 @@ def training_arguments(
         greater_is_better=False if best else None,
         seed=cfg.seed,
         torch_compile=cfg.torch_compile,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers' new name for it
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         report_to=[r for r in cfg.report_to if r != "none"] or "none",
         dataloader_num_workers=cfg.dataloader_workers,
         disable_tqdm=True,
