@@ -16,6 +16,7 @@ loss when it overlaps a selected span (the rule of `return_assistant_tokens_mask
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,18 +51,22 @@ def render(tokenizer: Any, messages: list[dict[str, Any]]) -> Rendered:
 
     Message k's turn ends where the rendering of messages[:k+1] ends; an assistant turn's content starts
     where messages[:k] rendered with the generation prompt ends. A template whose rendering of a prefix
-    is not a prefix of the whole rendering cannot be masked by position, and is an error.
+    is not a prefix of the whole rendering cannot be masked by position, and is an error, except for a
+    closing the template writes only after the last message (Phi-3 ends a conversation with EOS), which
+    belongs to no turn.
     """
     full = _apply(tokenizer, messages, False)
+    closing = _closing(tokenizer, messages, full)
     turns: list[Turn] = []
     start = 0
     for k, message in enumerate(messages):
-        end = len(full) if k == len(messages) - 1 else _prefix_length(tokenizer, messages[: k + 1], full, False)
+        last = k == len(messages) - 1
+        end = len(full) - closing if last else _prefix_length(tokenizer, messages[: k + 1], full, False, closing)
         content_start, content_end = start, end
         if message["role"] == "assistant":
             if k == 0:
                 raise TemplateError("the conversation starts with an assistant turn, which answers nothing")
-            content_start = _prefix_length(tokenizer, messages[:k], full, True)
+            content_start = _prefix_length(tokenizer, messages[:k], full, True, closing)
             if not start <= content_start <= end:
                 raise TemplateError(
                     f"the generation prompt after message {k} does not end inside the assistant turn that follows"
@@ -79,8 +84,27 @@ def _apply(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bo
         raise TemplateError(f"the chat template raised {type(exc).__name__}: {exc}") from exc
 
 
-def _prefix_length(tokenizer: Any, prefix: list[dict[str, Any]], full: str, generation_prompt: bool) -> int:
+def _closing(tokenizer: Any, messages: list[dict[str, Any]], full: str) -> int:
+    """Characters the template writes after a conversation's last message only: 0, or the shortest tail of
+    whole tokens by which the first message's rendering leaves the whole one and with which the whole one
+    ends too (Phi-3: its EOS)."""
+    if len(messages) < 2:
+        return 0
+    first = _apply(tokenizer, messages[:1], False)
+    if full.startswith(first):
+        return 0
+    shared = len(os.path.commonprefix([first, full]))
+    offsets = tokenizer(first, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    start = max((s for s, _ in offsets if 0 < s <= shared), default=None)
+    return len(first) - start if start is not None and full.endswith(first[start:]) else 0
+
+
+def _prefix_length(
+    tokenizer: Any, prefix: list[dict[str, Any]], full: str, generation_prompt: bool, closing: int = 0
+) -> int:
     text = _apply(tokenizer, prefix, generation_prompt)
+    if closing and not generation_prompt and text.endswith(full[len(full) - closing :]):
+        text = text[:-closing]
     if not full.startswith(text):
         raise TemplateError(
             f"the template renders the first {len(prefix)} message(s)"
