@@ -126,3 +126,24 @@ def test_dropout_goes_through_sdpa_blocks():
     dropped, _ = document_sdpa(module, q, k, v, mask, dropout=0.5)
     assert dropped.shape == plain.shape == (1, 300, 2, 8)
     assert not torch.allclose(dropped, plain)
+
+
+def test_padding_beyond_a_sliding_window_gets_zeros_not_nan_forward_and_backward():
+    """A right-padded row of a sliding-window model (Mistral): a pad query whose window holds only pads may
+    see no key. torch's SDPA gives it zeros; the blocks must too, or the NaN reaches the weights."""
+    T, real, window = 2 * BLOCK, 150, 8
+    i = torch.arange(T)
+    causal = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+    mask = (causal & (i[None, :] < real))[None, None]  # keys beyond `real` are padding
+    assert not bool(mask[0, 0, real + window].any())  # a query that sees nothing
+    g = torch.Generator().manual_seed(0)
+    q0, k0, v0 = (torch.randn(1, 2, T, 16, generator=g) for _ in range(3))
+    results = []
+    for fn in (sdpa_attention_forward, document_sdpa):
+        q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+        out, _ = fn(_attention_module(), q, k, v, mask, dropout=0.0, scaling=0.25)
+        out[:, :real].sum().backward()  # the loss sees the real tokens only
+        results.append([out[:, :real], q.grad, k.grad, v.grad])
+        assert torch.isfinite(out).all() and torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    for expected, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)

@@ -102,9 +102,11 @@ def document_sdpa(
 def _math_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """softmax(q k^T) v with an fp32 softmax, as eager attention computes it under autocast."""
+    """softmax(q k^T) v with an fp32 softmax, as eager attention computes it under autocast. A query that may
+    see no key (padding beyond a sliding window of real tokens) gets zeros, as torch's SDPA gives it, not
+    the NaN of a softmax over nothing, which would reach the weights through the backward pass."""
     scores = (q @ k.transpose(-1, -2)).float().mul_(scale).masked_fill_(~mask, float("-inf"))
-    return torch.softmax(scores, -1).to(v.dtype) @ v
+    return torch.softmax(scores, -1).nan_to_num(0.0).to(v.dtype) @ v
 
 
 AttentionInterface.register(NAME, document_sdpa)

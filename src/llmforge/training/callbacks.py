@@ -174,8 +174,8 @@ class LlmforgeCallback(TrainerCallback):
             )
         if "eval_loss" in logs:
             self.console.print(
-                f"  step {state.global_step}: validation loss {logs['eval_loss']:.4f}, "
-                f"perplexity {row['eval_perplexity']:.2f}"
+                f"  step {state.global_step}: validation loss {logs['eval_loss']:.4f}"
+                + (f", perplexity {row['eval_perplexity']:.2f}" if "eval_perplexity" in row else " (not finite)")
             )
         elif not self.console.is_terminal and "loss" in logs:
             self.console.print(
