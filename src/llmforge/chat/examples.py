@@ -22,7 +22,7 @@ import transformers
 from rich.console import Console
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from llmforge import rundir
+from llmforge import hub, rundir
 from llmforge.chat.conversations import Example, ExampleBuilder, Installed, Report, install_template, report_lines
 from llmforge.config.schema import DataConfig, FinetuneConfig
 from llmforge.data.batches import pack
@@ -56,7 +56,7 @@ def base_tokenizer(base: str, cfg: FinetuneConfig, plugins: Plugins) -> tuple[An
     """The base's tokenizer with the recipe's chat template installed."""
     template = plugins.registries["chat_template"].get(cfg.chat_template)
     try:
-        tok = AutoTokenizer.from_pretrained(base)
+        tok = hub.load(AutoTokenizer, base, "finetune.base")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"Cannot load the tokenizer of finetune.base '{base}': {first_line(exc)}") from exc
     if not tok.is_fast:
@@ -70,11 +70,11 @@ def base_model(base: str, tok: Any, cfg: FinetuneConfig, console: Console, attn:
     no SDPA kernel for (Gemma 2) runs its own eager attention, said in one line."""
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(base, attn_implementation=attn)
+            model = hub.load(AutoModelForCausalLM, base, "finetune.base", attn_implementation=attn)
         except ValueError as exc:
             if attn != "sdpa" or "does not support an attention implementation" not in str(exc):
                 raise
-            model = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager")
+            model = hub.load(AutoModelForCausalLM, base, "finetune.base", attn_implementation="eager")
             console.print(
                 f"  {model.config.model_type} has no SDPA attention in transformers: its eager attention runs "
                 "instead (slower; the packed rows' document masks still apply)"
@@ -148,7 +148,7 @@ def builder(cfg: FinetuneConfig, tok: Any, plugins: Plugins) -> ExampleBuilder:
 
 
 def max_length(cfg: FinetuneConfig, base: str) -> int:
-    positions = max_positions(AutoConfig.from_pretrained(base))
+    positions = max_positions(hub.load(AutoConfig, base, "finetune.base"))
     if cfg.max_length is None:
         if positions is None:
             raise ConfigError(f"'{base}' does not say how many positions it has: set finetune.max_length.")

@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from llmforge import hub
 from llmforge.config.schema import TokenizerConfig
 from llmforge.data import arrowio
 from llmforge.errors import ConfigError, first_line
@@ -87,7 +88,7 @@ def load_pretrained_tokenizer(cfg: TokenizerConfig) -> PreTrainedTokenizerBase:
             "tokenizer/) or a hub name."
         )
     try:
-        tok = AutoTokenizer.from_pretrained(cfg.path)
+        tok = hub.load(AutoTokenizer, cfg.path, "tokenizer.path")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"Cannot load tokenizer.path '{cfg.path}': {first_line(exc)}") from exc
     if not tok.is_fast:

@@ -16,6 +16,7 @@ import transformers
 from rich.console import Console
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from llmforge import hub
 from llmforge.config.schema import ModelConfig
 from llmforge.data.batches import document_leak
 from llmforge.errors import ConfigError, first_line
@@ -65,8 +66,12 @@ def load_pretrained_model(cfg: ModelConfig, tok: Any, console: Console) -> torch
             "(model.trust_remote_code: true in the recipe)."
         )
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.from_pretrained, trust_remote_code=cfg.trust_remote_code, attn_implementation=cfg.attn_implementation
+        model = hub.load(
+            AutoModelForCausalLM,
+            cfg.from_pretrained,
+            "model.from_pretrained",
+            trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=cfg.attn_implementation,
         )
     except (OSError, ValueError) as exc:
         hint = (

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from llmforge import hub
 from llmforge.config.schema import LoraConfig
 from llmforge.errors import ConfigError
 
@@ -87,7 +88,7 @@ def check_targets(base: str, cfg: LoraConfig) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+        model = AutoModelForCausalLM.from_config(hub.load(AutoConfig, base, "finetune.base"))
     target_modules(model, cfg)
 
 
@@ -130,7 +131,7 @@ def load_adapter_model(path: Any, tokenizer: Any) -> torch.nn.Module:
     if not base:
         raise ConfigError(f"'{path}' holds a LoRA adapter without base_model_name_or_path in adapter_config.json.")
     try:
-        model = AutoModelForCausalLM.from_pretrained(base)
+        model = hub.load(AutoModelForCausalLM, base, f"the base of the adapter in {path}")
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"The adapter in '{path}' was trained on '{base}', which cannot be loaded ({exc}). Put the base "

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers import AutoTokenizer
 
-from llmforge import rundir
+from llmforge import hub, rundir
 from llmforge.config.schema import TrainConfig
 from llmforge.data.blocks import open_blocks
 from llmforge.errors import ConfigError
@@ -135,7 +135,8 @@ def count_parameters(model_cfg: Any, tok: Any) -> int:
     if not model_cfg.from_pretrained:
         return sizing.parameters(model_cfg, tok)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_cfg.from_pretrained))
+        config = hub.load(AutoConfig, model_cfg.from_pretrained, "model.from_pretrained")
+        model = AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -184,7 +185,7 @@ def measure_throughput(
     if speeds:
         tps = sorted(speeds)[len(speeds) // 2]
         return 6 * params * tps, f"measured: median of {len(speeds)} logged training intervals in {out}"
-    console.print("  timing the model: 1 warm-up + 3 optimizer steps of one micro-batch on this machine ...")
+    console.print("  timing the model: 1 warm-up + 5 optimizer steps of one micro-batch on this machine ...")
     return sizing.flops_per_second(model_cfg, tok, train.batch_size, length, train.precision)
 
 
