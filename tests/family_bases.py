@@ -187,7 +187,7 @@ def family_tokenizer(spec: FamilySpec, text: str, vocab_size: int = 400) -> PreT
     return tok
 
 
-def build_base(spec: FamilySpec, path: Path, text: str, positions: int = 128) -> Path:
+def build_base(spec: FamilySpec, path: Path, text: str, positions: int = 512) -> Path:
     """Save `spec`'s stand-in (random weights, seeded) and its tokenizer in `path`."""
     tok = family_tokenizer(spec, text)
     ids = {
