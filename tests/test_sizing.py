@@ -267,6 +267,10 @@ def test_vocab_auto_needs_a_trained_tokenizer_and_a_budget(corpus_file):
     spec["tokenizer"] = {"vocab_size": "auto", "train": False, "path": "gpt2"}
     with pytest.raises(ConfigError, match="tokenizer.vocab_size auto sizes a trained tokenizer"):
         Recipe.from_dict(spec)
+    spec["tokenizer"] = {"vocab_size": "auto"}
+    spec["model"] = {"from_pretrained": "some/model"}
+    with pytest.raises(ConfigError, match="model.from_pretrained has its own vocabulary"):
+        Recipe.from_dict(spec)
     spec["tokenizer"] = {"vocab_size": "autoo"}
     with pytest.raises(ConfigError, match="tokenizer.vocab_size"):
         Recipe.from_dict(spec)

@@ -100,6 +100,11 @@ class Recipe:
                     "tokenizer.vocab_size auto sizes a trained tokenizer for the train block's budget: the recipe "
                     "needs data, model and train blocks and tokenizer.train true (a loaded tokenizer keeps its size)."
                 )
+            if self.model.from_pretrained:
+                raise ConfigError(
+                    "tokenizer.vocab_size auto sizes a new tokenizer for a new model; model.from_pretrained has "
+                    "its own vocabulary: leave the tokenizer block out to use the weights' own tokenizer."
+                )
 
     @classmethod
     def from_dict(cls, mapping: dict[str, Any], where: str = "recipe") -> Recipe:

@@ -50,6 +50,7 @@ LADDER = (
 )
 TOKENS_PER_PARAMETER = 0.45  # measured: the best rung's training tokens per parameter at MEASURED_FLOPS
 MEASURED_FLOPS = 2.25e13  # 180 s of a 2-core CPU at 4 x 256 (and at 3 x 192: the same FLOP/s)
+TIMED_STEPS = 5  # optimizer steps timed for the FLOP/s, after one warm-up
 MAX_EPOCHS = 4  # more passes over the same text buy little (Muennighoff et al. 2023; and measured here)
 CHINCHILLA_FLOPS = 6e18  # the smallest budget of Hoffmann et al.'s fits, which found ~20 tokens per parameter
 
@@ -112,9 +113,11 @@ def nearest(cfg: ModelConfig, tok: Any, n_opt: float) -> ModelConfig:
 
 
 def flops_per_second(cfg: ModelConfig, tok: Any, batch: int, length: int, precision: str) -> tuple[float, str]:
-    """Training FLOP/s (6 N per token) of `cfg` on this machine: a warm-up and three optimizer steps of
-    one micro-batch of `length`-token rows, in the precision training will choose. torch's random state
-    is left as it was (the model stage seeds everything again before it builds the real model)."""
+    """Training FLOP/s (6 N per token) of `cfg` on this machine: a warm-up and five optimizer steps of
+    one micro-batch of `length`-token rows, in the precision training will choose, at the fastest of
+    them (a shared machine only ever slows a step down: a slow blip measured 2.6x too low once, and sized
+    the model for it). torch's random state is left as it was (the model stage seeds everything again
+    before it builds the real model)."""
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     batch = batch if cuda else min(batch, 4)  # a CPU measurement of a big model must not take minutes
@@ -125,7 +128,7 @@ def flops_per_second(cfg: ModelConfig, tok: Any, batch: int, length: int, precis
         ids = torch.randint(0, len(tok), (batch, length), device=device)
         optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
         bf16 = choose_precision(precision, model, length).precision == "bf16"
-        for step in range(4):
+        for step in range(1 + TIMED_STEPS):
             start = time.perf_counter()
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss
@@ -137,13 +140,14 @@ def flops_per_second(cfg: ModelConfig, tok: Any, batch: int, length: int, precis
             if step:
                 times.append(time.perf_counter() - start)
     params = sum(p.numel() for p in model.parameters())
-    tokens_per_second = batch * length / (sum(times) / len(times))
+    tokens_per_second = batch * length / min(times)
     where = (
         f"{torch.cuda.get_device_name()}, {'bf16' if bf16 else 'fp32'}"
         if cuda
         else f"CPU, {torch.get_num_threads()} threads, {'bf16' if bf16 else 'fp32'}"
     )
-    return 6 * params * tokens_per_second, f"measured now: 3 steps of {batch} x {length} tokens ({where})"
+    source = f"measured now: fastest of {TIMED_STEPS} steps of {batch} x {length} tokens ({where})"
+    return 6 * params * tokens_per_second, source
 
 
 def for_budget(
