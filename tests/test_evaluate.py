@@ -379,3 +379,31 @@ def test_the_run_summary_says_what_its_perplexity_is_measured_on():
     assert describe(out) == (
         "finetune/final: MMLU 0.250, perplexity on the fine-tune validation examples' loss-carrying tokens 44.50"
     )
+
+
+def test_a_fine_tune_is_evaluated_beside_the_model_it_started_from(tmp_path, corpus_text):
+    """The evaluate stage of a finetune recipe scores the base too: one table, base | finetune/final |
+    difference, and the base's score is the untouched base's (with the template's rows drawn as training
+    drew them)."""
+    from rich.console import Console
+
+    from chat_helpers import INSTRUCT, tiny_base
+
+    base = tiny_base(tmp_path / "base", corpus_text)
+    finetune = {"base": str(base), "path": str(INSTRUCT / "alpaca.jsonl"), "max_examples": 40, "max_steps": 6}
+    finetune.update(batch_size=8, lr=1e-2, log_every=3)
+    console = Console(record=True, width=200)
+    out = tmp_path / "run"
+    Recipe.from_dict({"finetune": finetune, "evaluate": {"perplexity": True}}).run(out, console=console)
+    result = json.loads((out / "eval" / "results.json").read_text())
+    label = "finetune validation perplexity"
+    after, before = result["table"][label], result["base"]["table"][label]
+    assert before > after  # six steps on the answers lower their perplexity
+    assert result["base"]["model_dir"] == str(base.resolve())
+    table = (out / "eval" / "results.md").read_text()
+    assert table.splitlines()[0] == "| metric | n | base | finetune/final | difference |"
+    assert f"{after - before:+.2f}" in table
+    printed = console.export_text()
+    assert "the base too, for the table" in printed and "difference" in printed
+    Recipe.from_dict({"finetune": finetune, "evaluate": {"perplexity": True, "base": False}}).run(out, console=console)
+    assert "base" not in json.loads((out / "eval" / "results.json").read_text())  # and the stage reran for it

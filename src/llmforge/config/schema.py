@@ -298,6 +298,9 @@ class EvaluateConfig:
     model: Literal["latest", "train", "finetune"] = _f(
         "latest", "Which model to evaluate: the fine-tuned one if there is one (latest), or a named stage's."
     )
+    base: bool = _f(
+        True, "Evaluating the fine-tuned model: score the model fine-tuning started from too, side by side."
+    )
 
 
 def from_mapping(cls: type[T], mapping: Any, where: str) -> T:

@@ -17,10 +17,11 @@ from typing import Any
 import datasets
 
 from llmforge import rundir
+from llmforge.chat.examples import base_model
 from llmforge.config.schema import EvaluateConfig
 from llmforge.errors import ConfigError
 from llmforge.eval.harness import evaluate, markdown, rich_table, row_name
-from llmforge.models.loading import load_model_dir
+from llmforge.models.loading import causal_lm_loss, load_model_dir
 from llmforge.stages.context import Context
 
 ARTEFACT = "eval"
@@ -77,29 +78,53 @@ def run(ctx: Context) -> dict[str, Any]:
         examples = datasets.load_from_disk(str(path))["validation"]
     info: dict[str, Any] = {}  # filled below; the manifest is written when the block ends
     with rundir.atomic_dir(ctx.path(ARTEFACT), ctx.fingerprints["evaluate"], info) as tmp:
-        results = evaluate(
-            model,
-            tasks=cfg.benchmarks,
-            data_dir=cfg.data_dir,
-            limit=cfg.limit,
-            num_fewshot=cfg.num_fewshot,
-            batch_size=cfg.batch_size,
-            tokenizer=tok,
-            perplexity=cfg.perplexity,
-            blocks=blocks,
-            examples=examples,
-            document_aware=document_aware,
-            workdir=tmp / "tasks",
-            plugins=ctx.plugins,
-            console=ctx.console,
-        )
+
+        def score(scored: Any, workdir: Path) -> dict[str, Any]:
+            return evaluate(
+                scored,
+                tasks=cfg.benchmarks,
+                data_dir=cfg.data_dir,
+                limit=cfg.limit,
+                num_fewshot=cfg.num_fewshot,
+                batch_size=cfg.batch_size,
+                tokenizer=tok,
+                perplexity=cfg.perplexity,
+                blocks=blocks,
+                examples=examples,
+                document_aware=document_aware,
+                workdir=workdir,
+                plugins=ctx.plugins,
+                console=ctx.console,
+            )
+
+        results = score(model, tmp / "tasks")
         results["model"] = f"{stage}/final"
         results["model_dir"] = str(model_dir)
+        compared = [results]
+        if cfg.base and stage == "finetune":  # before and after, as a model card's table shows them
+            base = ctx.outputs["finetune"]["base"]
+            ctx.console.print(f"  the base too, for the table: {base}")
+            before = score(started_from(ctx, base, tok, like=model), tmp / "tasks-base")
+            before["model"], before["model_dir"] = "base", base
+            results["base"] = before
+            compared = [before, results]
         rundir.write_json(tmp / "results.json", results)
-        rundir.write_text(tmp / "results.md", markdown([results], ctx.path(ARTEFACT, "tasks")))
+        rundir.write_text(tmp / "results.md", markdown(compared, ctx.path(ARTEFACT, "tasks")))
         info.update(model=results["model"], table=results["table"], measured_on=results.get("measured_on", {}))
-    ctx.console.print(rich_table([results], title=f"evaluation of {stage}/final"))
+        if len(compared) == 2:
+            info["base_table"] = compared[0]["table"]
+    ctx.console.print(rich_table(compared, title=f"evaluation of {stage}/final"))
     return info
+
+
+def started_from(ctx: Context, base: str, tok: Any, like: Any) -> Any:
+    """The model fine-tuning started from: the base with the template's new rows drawn as training drew
+    them (the same seed), on the device of `like` (the fine-tuned model)."""
+    from rich.console import Console
+
+    model = base_model(base, tok, ctx.recipe.finetune, Console(quiet=True)).eval()
+    causal_lm_loss(model)
+    return model.to(next(like.parameters()).device)
 
 
 def model_stage(ctx: Context) -> str:
