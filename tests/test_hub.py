@@ -57,3 +57,11 @@ def test_every_place_that_takes_a_model_says_so_offline(monkeypatch, tmp_path, c
         Recipe.from_dict(pretrain).run(tmp_path / "cpt", console=quiet)  # its own tokenizer comes first
     with pytest.raises(ConfigError, match="the model 'nobody-here/m' is not a local directory"):
         load_model_dir("nobody-here/m")  # llmforge eval, generate and compare
+
+
+def test_a_missing_path_is_not_taken_for_a_hub_name(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not hub.is_hub_name(str(tmp_path / "gone")) and not hub.is_hub_name("./gone")
+    assert hub.is_hub_name("org/model@v1") and hub.is_hub_name("gpt2")
+    with pytest.raises(OSError):  # the caller's own message says the dir holds no model
+        hub.load(AutoTokenizer, str(tmp_path / "gone"), "tokenizer.path")

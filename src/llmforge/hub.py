@@ -27,6 +27,11 @@ def split(name: str) -> tuple[str, str | None]:
     return repo, revision
 
 
+def is_hub_name(name: str) -> bool:
+    """`org/model` or `model@revision`, not a local path: nothing there, and not written like a path."""
+    return not Path(name).expanduser().exists() and not name.startswith((".", "/", "~")) and "\\" not in name
+
+
 def offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in OFFLINE_VARIABLES)
 
@@ -36,13 +41,12 @@ def load(cls: Any, name: str, what: str, **kwargs: Any) -> Any:
     that is no local dir is a ConfigError naming `what`, HF_HUB_OFFLINE and the local-dir alternative;
     other failures are left to the caller, which knows what to suggest."""
     repo, revision = split(name)
-    local = Path(repo).expanduser().exists()
     if revision is not None:
         kwargs["revision"] = revision
     try:
         return cls.from_pretrained(repo, **kwargs)
     except OSError as exc:
-        if local or not offline():
+        if not is_hub_name(name) or not offline():  # a path: the caller says it does not hold a model
             raise
         raise ConfigError(
             f"{what} '{name}' is not a local directory, and HF_HUB_OFFLINE is set, so the hub is not asked "

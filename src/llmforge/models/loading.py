@@ -17,7 +17,7 @@ from llmforge.models.lora import is_adapter_dir, load_adapter_model
 def load_model_dir(model_dir: str | Path) -> tuple[Any, Any]:
     """A model dir (or a LoRA adapter dir, loaded onto its base) and its tokenizer, in eval mode."""
     path = Path(model_dir)
-    if is_hub_name(str(model_dir)):
+    if hub.is_hub_name(str(model_dir)):
         tok = hub.load(AutoTokenizer, str(model_dir), "the model")
         model = hub.load(AutoModelForCausalLM, str(model_dir), "the model").eval()
         causal_lm_loss(model)
@@ -39,11 +39,6 @@ def load_model_dir(model_dir: str | Path) -> tuple[Any, Any]:
     model.eval()
     causal_lm_loss(model)
     return model, tok
-
-
-def is_hub_name(name: str) -> bool:
-    """`org/model` or `model@revision`, not a local path: nothing there, and not written like a path."""
-    return not Path(name).expanduser().exists() and not name.startswith((".", "/", "~")) and "\\" not in name
 
 
 def causal_lm_loss(model: Any) -> Any:
