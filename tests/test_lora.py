@@ -130,16 +130,13 @@ def base(tmp_path_factory, corpus_text):
     return tiny_base(tmp_path_factory.mktemp("lora") / "base", corpus_text)
 
 
+def finetune_config(lora: dict | None = None, **train) -> FinetuneConfig:
+    keys = {"max_examples": 40, "max_steps": 4, "batch_size": 8, "lr": 1e-2, "log_every": 2, **train}
+    return FinetuneConfig(path=str(INSTRUCT / "alpaca.jsonl"), lora=LoraConfig(r=4, alpha=8, **(lora or {})), **keys)
+
+
 def finetune(base, out, **lora):
-    cfg = FinetuneConfig(
-        path=str(INSTRUCT / "alpaca.jsonl"),
-        max_examples=40,
-        max_steps=4,
-        batch_size=8,
-        lr=1e-2,
-        log_every=2,
-        lora=LoraConfig(r=4, alpha=8, **lora),
-    )
+    cfg = finetune_config(lora)
     console = Console(record=True, width=200)
     llmforge.finetune(base, cfg, out, console=console)
     return console.export_text()
@@ -158,16 +155,7 @@ def test_gradient_checkpointing_recomputes_the_blocks_and_trains_the_same(base, 
     monkeypatch.setattr(modeling_utils, "checkpoint", counting)
     logs = []
     for on in (False, True):
-        cfg = FinetuneConfig(
-            path=str(INSTRUCT / "alpaca.jsonl"),
-            max_examples=40,
-            max_steps=3,
-            batch_size=8,
-            lr=1e-2,
-            log_every=1,
-            gradient_checkpointing=on,
-            lora=LoraConfig(r=4, alpha=8, dropout=0.0),
-        )
+        cfg = finetune_config({"dropout": 0.0}, max_steps=3, log_every=1, gradient_checkpointing=on)
         run = llmforge.finetune(base, cfg, tmp_path / f"run-{on}", console=Console(quiet=True))
         logs.append([r for r in run.metrics() if "loss" in r])
         assert bool(calls) is on  # the block (one layer) ran through torch's checkpoint only when asked

@@ -30,7 +30,7 @@ BLOCK = 128
 # On a CPU, a block whose keys span at most this many positions runs as plain matmuls + softmax: PyTorch's
 # CPU flash kernel has a high fixed cost per call and measured 1.5-2x slower there (docs/performance.md).
 MATH_MAX_KEYS = 512
-_last: tuple[Any, list[int] | None] = (lambda: None, None)  # (weakref to the mask, its key starts)
+_last: tuple[Any, list[int] | None, bool] = (lambda: None, None, False)  # (weakref to the mask, key starts, keyless)
 
 
 def key_starts(mask: torch.Tensor, block: int = BLOCK) -> list[int] | None:
@@ -39,7 +39,7 @@ def key_starts(mask: torch.Tensor, block: int = BLOCK) -> list[int] | None:
     Every layer of one forward pass gets the same mask object, so the answer is kept for that object.
     """
     global _last
-    ref, starts = _last
+    ref, starts, _ = _last
     if ref() is mask:
         return starts
     allowed = mask[:, 0] if mask.shape[1] == 1 else mask.any(1)  # [batch, queries, keys], over heads
@@ -52,8 +52,15 @@ def key_starts(mask: torch.Tensor, block: int = BLOCK) -> list[int] | None:
             starts = None
             break
         starts.append(int(first[:, q0:q1].min()))
-    _last = (weakref.ref(mask), starts)
+    _last = (weakref.ref(mask), starts, not bool(allowed.any(-1).all()))
     return starts
+
+
+def has_keyless_queries(mask: torch.Tensor) -> bool:
+    """Whether some query of `mask` may see no key (padding beyond a sliding window), found by key_starts
+    once per mask, so that the blocks pay for zeroing those rows only when there are any."""
+    ref, _, keyless = _last
+    return ref() is mask and keyless
 
 
 @torch.compiler.disable  # data-dependent block bounds: runs eagerly between the compiled parts of a model
@@ -88,25 +95,27 @@ def document_sdpa(
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    keyless = has_keyless_queries(attention_mask)
     outputs = []
     for i, s in enumerate(starts):
         q0, q1 = i * BLOCK, min((i + 1) * BLOCK, T)
         q, k, v, m = query[:, :, q0:q1], key[:, :, s:q1], value[:, :, s:q1], attention_mask[:, :, q0:q1, s:q1]
         if query.device.type == "cpu" and dropout == 0.0 and q1 - s <= MATH_MAX_KEYS:
-            outputs.append(_math_attention(q, k, v, m, scale))
+            outputs.append(_math_attention(q, k, v, m, scale, keyless))
         else:
             outputs.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, m, dropout, scale=scale))
     return torch.cat(outputs, 2).transpose(1, 2).contiguous(), None
 
 
 def _math_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, keyless: bool = False
 ) -> torch.Tensor:
     """softmax(q k^T) v with an fp32 softmax, as eager attention computes it under autocast. A query that may
     see no key (padding beyond a sliding window of real tokens) gets zeros, as torch's SDPA gives it, not
     the NaN of a softmax over nothing, which would reach the weights through the backward pass."""
     scores = (q @ k.transpose(-1, -2)).float().mul_(scale).masked_fill_(~mask, float("-inf"))
-    return torch.softmax(scores, -1).nan_to_num(0.0).to(v.dtype) @ v
+    probs = torch.softmax(scores, -1)
+    return (probs.nan_to_num(0.0) if keyless else probs).to(v.dtype) @ v
 
 
 AttentionInterface.register(NAME, document_sdpa)
