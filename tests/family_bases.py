@@ -1,6 +1,7 @@
 """Tiny stand-ins for the model families people fine-tune: each family's real config class and a tokenizer
 shaped like the real one (its special tokens in their real roles, BOS where the family adds one, a chat
-template in the family's own layout with `{% generation %}` markers), saved as a plain HF dir.
+template in the family's own layout, with `{% generation %}` markers where the real one has them or the
+point is a template with them), saved as a plain HF dir.
 
 Nothing here is made by llmforge: a stand-in is what a user downloads, in miniature.
 """
@@ -25,13 +26,14 @@ class FamilySpec:
     eos: str
     end_of_turn: str
     template: str
+    marked: str | None = None  # a template without markers: the same one with them, the tests' oracle
     bos: str | None = None  # the tokenizer adds it in front of every text (Llama, Mistral, Gemma)
     pad: str | None = None
     system_turns: bool = True  # Gemma's and Mistral's templates have none
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def chatml(default_system: str | None = None) -> str:
+def chatml(default_system: str | None = None, markers: bool = True) -> str:
     system = (
         "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n"
         + default_system
@@ -39,11 +41,37 @@ def chatml(default_system: str | None = None) -> str:
         if default_system
         else ""
     )
+    answer = "{{ m['content'] + '<|im_end|>' }}"
     return (
         system + "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
-        "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + '<|im_end|>' }}{% endgeneration %}"
-        "{% else %}{{ m['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}"
+        "{% if m['role'] == 'assistant' %}"
+        + _generation(answer, markers)
+        + "{% else %}{{ m['content'] + '<|im_end|>' }}"
+        "{% endif %}{{ '\\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+def _generation(text: str, markers: bool) -> str:
+    return "{% generation %}" + text + "{% endgeneration %}" if markers else text
+
+
+def qwen3(markers: bool = False) -> str:
+    """Qwen3's layout: an answer's reasoning is dropped once a later user turn follows it, and the turns
+    after the last user turn carry a (here empty) <think> block. No markers, as the real one."""
+    answer = (
+        "{% if loop.index0 > ns.last_user %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}{{ answer + '<|im_end|>' }}"
+    )
+    return (
+        "{% set ns = namespace(last_user=-1) %}{% for m in messages %}"
+        "{% if m['role'] == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}{% if m['role'] == 'assistant' %}"
+        "{% set answer = m['content'].split('</think>')[-1].lstrip('\\n') %}"
+        + _generation(answer, markers)
+        + "{% else %}{{ m['content'] + '<|im_end|>' }}{% endif %}{{ '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{% if enable_thinking is defined and not enable_thinking %}{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}"
+        "{% endif %}"
     )
 
 
@@ -99,6 +127,7 @@ FAMILY_SPECS = {
         ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         "<|im_end|>",
         "<|im_end|>",
+        chatml("You are a helpful assistant.", markers=False),  # Qwen2's own has no markers
         chatml("You are a helpful assistant."),
         pad="<|endoftext|>",
         config={**SMALL, "num_key_value_heads": 1},
@@ -108,7 +137,8 @@ FAMILY_SPECS = {
         ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"],
         "<|im_end|>",
         "<|im_end|>",
-        chatml(),
+        qwen3(),
+        qwen3(markers=True),
         pad="<|endoftext|>",
         config={**SMALL, "num_key_value_heads": 1, "head_dim": 16},
     ),

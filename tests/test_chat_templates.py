@@ -6,7 +6,16 @@ import pytest
 from transformers import AutoTokenizer
 
 from chat_helpers import CHAT, EOS, OWN, registry, tiny_tokenizer
-from llmforge.chat.conversations import ChatTemplate, TemplateError, install_template, render
+from llmforge.chat.conversations import (
+    MARKERS,
+    TEXTS,
+    ChatTemplate,
+    Example,
+    TemplateError,
+    install_template,
+    located_line,
+    render,
+)
 from llmforge.errors import ConfigError, PluginError
 
 CHATML_TEXT = (
@@ -119,10 +128,31 @@ def test_turns_are_located_in_the_rendered_text(text):
     assert r.text[first.content_end : first.end] == "\n"
 
 
-def test_a_template_that_rewrites_earlier_turns_cannot_be_masked(text):
-    tok = tiny_tokenizer(text)
+def test_a_template_that_rewrites_earlier_turns_is_located_by_each_messages_text(text):
+    tok = tiny_tokenizer(text)  # the count in front changes once more turns follow: no prefix renders as a prefix
     tok.chat_template = "{{ messages | length }}{% for m in messages %}{{ m['content'] + eos_token }}{% endfor %}"
-    with pytest.raises(TemplateError, match="not a prefix of the whole conversation"):
+    r = render(tok, CHAT[1:4])
+    assert r.located == TEXTS
+    assert r.text == f"3Who is Mr. Darcy?{EOS}A proud gentleman.{EOS}And Jane Bennet?{EOS}"
+    user, answer, again = r.turns
+    assert (user.start, user.end) == (0, len(f"3Who is Mr. Darcy?{EOS}"))
+    assert r.text[answer.content_start : answer.content_end] == f"A proud gentleman.{EOS}"
+    assert (again.start, again.end) == (answer.end, len(r.text))
+
+
+def test_a_template_that_rewrites_earlier_turns_and_their_text_cannot_be_masked(text):
+    tok = tiny_tokenizer(text)
+    tok.chat_template = (
+        "{{ messages | length }}{% for m in messages %}{{ m['content'] | upper + eos_token }}{% endfor %}"
+    )
+    with pytest.raises(TemplateError, match="not a prefix of the whole conversation.*nor does message 1's text appear"):
+        render(tok, CHAT[1:3])
+
+
+def test_an_assistant_text_without_an_end_of_turn_after_it_cannot_be_located_by_text(text):
+    tok = tiny_tokenizer(text)
+    tok.chat_template = "{{ messages | length }}{% for m in messages %}{{ m['content'] + '\n' }}{% endfor %}"
+    with pytest.raises(TemplateError, match="no special token right after assistant message 2's text"):
         render(tok, CHAT[1:3])
 
 
@@ -131,3 +161,46 @@ def test_templates_render_in_transformers_sandbox(text):
     tok.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(TemplateError, match="SecurityError"):
         render(tok, CHAT[1:3])
+
+
+MARKED_WITHOUT_END = (  # markers around the text only, not the end of turn: the mask follows the markers
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' }}"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}{% endgeneration %}{{ eos_token }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def test_generation_markers_decide_the_assistant_content(text):
+    tok = tiny_tokenizer(text)
+    tok.chat_template = MARKED_WITHOUT_END
+    r = render(tok, CHAT)
+    assert r.located == MARKERS
+    assert [r.text[t.content_start : t.content_end] for t in r.assistant_turns()] == [
+        "A proud gentleman.",
+        "Elizabeth's elder sister.",
+    ]
+
+
+def test_generation_markers_around_a_user_turn_are_refused(text):
+    tok = tiny_tokenizer(text)
+    tok.chat_template = OWN.replace("m['role'] == 'assistant'", "m['role'] == 'user'")
+    with pytest.raises(TemplateError, match=r"generation %\} markers select text of message 2, a user turn"):
+        render(tok, CHAT)
+
+
+def test_the_printed_line_says_where_the_mask_came_from(text):
+    tok, _ = fresh(text, "chatml")
+    names = {"format": "messages", "chat_template": "chatml", "loss_mask": "assistant_only"}
+    examples = [Example(0, CHAT, render(tok, CHAT), [], [], [])]
+    assert located_line(examples, names) == (
+        "loss mask 'assistant_only' from the template's {% generation %} markers (transformers' assistant mask)"
+    )
+    tok.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    prefixes = Example(0, CHAT, render(tok, CHAT), [], [], [])
+    tok.chat_template = "{{ messages | length }}" + tok.chat_template
+    texts = Example(1, CHAT, render(tok, CHAT), [], [], [])
+    assert located_line([prefixes, texts, texts], {**names, "chat_template": "tokenizer"}) == (
+        "chat template 'tokenizer' has no {% generation %} markers: loss mask 'assistant_only' from the character "
+        "offsets of each message's text (2 rows) and the character offsets of rendered prefixes (1 row)"
+    )

@@ -17,6 +17,7 @@ loss when it overlaps a selected span (the rule of `return_assistant_tokens_mask
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,16 +47,45 @@ class TemplateError(DataError):
     """The chat template cannot render a conversation, or renders it so that turns cannot be located."""
 
 
+GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+# How `render` located the turns (kept in `Rendered.located`, counted and printed by the caller)
+MARKERS = "the template's {% generation %} markers"
+PREFIXES = "the character offsets of rendered prefixes"
+TEXTS = "the character offsets of each message's text"
+
+
+def has_generation_markers(tokenizer: Any) -> bool:
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    return bool(template and GENERATION_MARKER.search(template))
+
+
 def render(tokenizer: Any, messages: list[dict[str, Any]]) -> Rendered:
     """Render `messages` with the tokenizer's chat template and locate each turn in the text.
 
-    Message k's turn ends where the rendering of messages[:k+1] ends; an assistant turn's content starts
-    where messages[:k] rendered with the generation prompt ends. A template whose rendering of a prefix
-    is not a prefix of the whole rendering cannot be masked by position, and is an error, except for a
-    closing the template writes only after the last message (Phi-3 ends a conversation with EOS), which
-    belongs to no turn.
+    Turns are located by rendering the conversation's prefixes: message k's turn ends where the
+    rendering of messages[:k+1] ends; an assistant turn's content starts where messages[:k] rendered
+    with the generation prompt ends. A closing the template writes only after the last message (Phi-3
+    ends a conversation with EOS) belongs to no turn. A template that renders a turn differently once
+    later turns follow (Qwen3 drops earlier reasoning) is located by each message's text instead, found
+    in order. Where the template has `{% generation %}` markers, what they mark is each assistant
+    turn's content: the mask is transformers' `return_assistant_tokens_mask`.
     """
+    if messages and messages[0]["role"] == "assistant":
+        raise TemplateError("the conversation starts with an assistant turn, which answers nothing")
     full = _apply(tokenizer, messages, False)
+    try:
+        turns, located = _turns_by_prefix(tokenizer, messages, full), PREFIXES
+    except TemplateError as exc:
+        turns, located = _turns_by_text(tokenizer, messages, full, str(exc)), TEXTS
+    if has_generation_markers(tokenizer):
+        turns, located = _marked(tokenizer, messages, turns), MARKERS
+    return Rendered(full, turns, located)
+
+
+def _turns_by_prefix(tokenizer: Any, messages: list[dict[str, Any]], full: str) -> list[Turn]:
     closing = _closing(tokenizer, messages, full)
     turns: list[Turn] = []
     start = 0
@@ -64,8 +94,6 @@ def render(tokenizer: Any, messages: list[dict[str, Any]]) -> Rendered:
         end = len(full) - closing if last else _prefix_length(tokenizer, messages[: k + 1], full, False, closing)
         content_start, content_end = start, end
         if message["role"] == "assistant":
-            if k == 0:
-                raise TemplateError("the conversation starts with an assistant turn, which answers nothing")
             content_start = _prefix_length(tokenizer, messages[:k], full, True, closing)
             if not start <= content_start <= end:
                 raise TemplateError(
@@ -74,7 +102,119 @@ def render(tokenizer: Any, messages: list[dict[str, Any]]) -> Rendered:
             content_end = content_start + len(full[content_start:end].rstrip())
         turns.append(Turn(message["role"], start, end, content_start, content_end))
         start = end
-    return Rendered(full, turns)
+    return turns
+
+
+def _turns_by_text(tokenizer: Any, messages: list[dict[str, Any]], full: str, why: str) -> list[Turn]:
+    """Each message's text, found in order; a turn runs to the special token right after its text (its
+    end of turn) and the whitespace after that. An assistant's content starts where the generation
+    prompt ends, where that renders as a prefix (Qwen3's empty <think> block after it is the model's
+    to write), else at its text."""
+    specials = special_tokens(tokenizer)
+    turns: list[Turn] = []
+    start = 0
+    for k, message in enumerate(messages):
+        found = _find_text(full, message["content"], start, specials)
+        if found is None:
+            raise TemplateError(
+                f"{why}; nor does message {k + 1}'s text appear in the rendering after the turns before it"
+            )
+        text_start, text_end = found
+        content_end = text_end + _special_at(full, text_end, specials)
+        if message["role"] == "assistant" and content_end == text_end:
+            raise TemplateError(
+                f"{why}; and the template writes no special token right after assistant message {k + 1}'s text, "
+                "so where its turn ends cannot be found"
+            )
+        end = (
+            len(full)
+            if k == len(messages) - 1
+            else content_end + len(full[content_end:]) - len(full[content_end:].lstrip())
+        )
+        if message["role"] == "assistant":
+            content_start = _generation_prompt_end(tokenizer, messages[:k], full, start, text_start)
+            turns.append(Turn("assistant", start, end, content_start, content_end))
+        else:
+            turns.append(Turn(message["role"], start, end, start, end))
+        start = end
+    return turns
+
+
+def _generation_prompt_end(tokenizer: Any, prefix: list[dict[str, Any]], full: str, start: int, text: int) -> int:
+    """Where the generation prompt after `prefix` ends, if it renders as a prefix of `full` ending inside
+    the turn and before its text; else where the text starts."""
+    try:
+        end = _prefix_length(tokenizer, prefix, full, True)
+    except TemplateError:
+        return text
+    return end if start <= end <= text else text
+
+
+def special_tokens(tokenizer: Any) -> list[str]:
+    """The tokenizer's special tokens, longest first."""
+    special = set(tokenizer.all_special_tokens) | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if getattr(t, "special", False)
+    }
+    return sorted(special, key=len, reverse=True)
+
+
+def _special_at(text: str, i: int, specials: list[str]) -> int:
+    return next((len(t) for t in specials if text.startswith(t, i)), 0)
+
+
+def _find_text(full: str, content: str, start: int, specials: list[str]) -> tuple[int, int] | None:
+    """The first place at or after `start` where `content` (or, as templates trim, its stripped text) is
+    written and followed by a special token; else its first place at all."""
+    for text in dict.fromkeys((content, content.strip())):
+        first = None
+        i = full.find(text, start)
+        while i >= 0:
+            if _special_at(full, i + len(text), specials):
+                return i, i + len(text)
+            first = (i, i + len(text)) if first is None else first
+            i = full.find(text, i + 1)
+        if first is not None:
+            return first
+    return None
+
+
+def _marked(tokenizer: Any, messages: list[dict[str, Any]], turns: list[Turn]) -> list[Turn]:
+    """The turns with each assistant turn's content set to what the `{% generation %}` markers select,
+    as tokens: the spans of the tokens transformers' assistant mask sets."""
+    try:
+        enc = tokenizer.apply_chat_template(
+            messages,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            tokenizer_kwargs={"return_offsets_mapping": True},
+        )
+    except (jinja2.TemplateError, ValueError, TypeError) as exc:
+        raise TemplateError(f"the chat template raised {type(exc).__name__}: {exc}") from exc
+    runs: list[list[int]] = []  # [start, end] of each run of marked tokens
+    previous = False
+    for (s, e), marked in zip(enc["offset_mapping"], enc["assistant_masks"], strict=True):
+        if marked and previous:
+            runs[-1][1] = e
+        elif marked:
+            runs.append([s, e])
+        previous = bool(marked)
+    spans: dict[int, tuple[int, int]] = {}
+    for s, e in runs:
+        k = next((k for k, t in enumerate(turns) if t.start <= s < t.end), len(turns) - 1)
+        if turns[k].role != "assistant":
+            raise TemplateError(
+                f"the template's {{% generation %}} markers select text of message {k + 1}, a {turns[k].role} turn"
+            )
+        first = spans.get(k, (s, e))
+        spans[k] = (min(first[0], s), max(first[1], e))
+    out = []
+    for k, t in enumerate(turns):
+        if t.role == "assistant":
+            content_start, content_end = spans.get(k, (t.end, t.end))
+            t = Turn(t.role, t.start, t.end, content_start, content_end)
+        out.append(t)
+    return out
 
 
 def _apply(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
@@ -161,10 +301,10 @@ def infer_end_of_turn(tokenizer: Any, name: str) -> str:
     rendered = render(tokenizer, PROBE)
     turn = rendered.turns[-1]
     tail = rendered.text[turn.content_start : turn.end]
-    special = set(tokenizer.all_special_tokens) | {
-        t.content for t in tokenizer.added_tokens_decoder.values() if getattr(t, "special", False)
-    }
-    enc = tokenizer(tail, add_special_tokens=False)
+    answer = PROBE[-1]["content"]
+    after = tail[tail.rfind(answer) + len(answer) :] if answer in tail else tail  # not Qwen3's <think> before it
+    special = set(special_tokens(tokenizer))
+    enc = tokenizer(after, add_special_tokens=False)
     for token_id in enc["input_ids"]:
         token = tokenizer.convert_ids_to_tokens(token_id)
         if token in special:
@@ -261,6 +401,21 @@ class Report:
 
     def lines(self) -> list[str]:
         return report_lines(self.as_dict())
+
+
+def located_line(examples: list[Example], names: dict[str, str]) -> str:
+    """Where the loss mask's turns came from, said once for a dataset (TRL #4879: a template without
+    `{% generation %}` markers must not silently give a wrong mask)."""
+    counts = Counter(e.rendered.located for e in examples)
+    mask, template = names["loss_mask"], names["chat_template"]
+    if set(counts) == {MARKERS}:
+        return f"loss mask '{mask}' from {MARKERS} (transformers' assistant mask)"
+    how = (
+        " and ".join(f"{how} ({n:,} row{'s' * (n != 1)})" for how, n in counts.most_common())
+        if len(counts) > 1
+        else next(iter(counts))
+    )
+    return f"chat template '{template}' has no {{% generation %}} markers: loss mask '{mask}' from {how}"
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:

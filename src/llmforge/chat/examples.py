@@ -23,7 +23,15 @@ from rich.console import Console
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llmforge import hub, rundir
-from llmforge.chat.conversations import Example, ExampleBuilder, Installed, Report, install_template, report_lines
+from llmforge.chat.conversations import (
+    Example,
+    ExampleBuilder,
+    Installed,
+    Report,
+    install_template,
+    located_line,
+    report_lines,
+)
 from llmforge.config.schema import DataConfig, FinetuneConfig
 from llmforge.data.batches import pack
 from llmforge.data.documents import where_of
@@ -170,9 +178,11 @@ def build_examples(
     rows = load_rows(cfg, plugins)
     report = Report()
     console.print(f"  rendering {len(rows):,} rows with format '{cfg.format}' and chat template '{cfg.chat_template}'")
-    examples = builder(cfg, tok, plugins).build(rows, report)
+    build = builder(cfg, tok, plugins)
+    examples = build.build(rows, report)
     if not examples:
         raise DataError(f"No row of {where_of(cfg)} gives a usable conversation: " + "; ".join(report.lines()))
+    console.print(f"  {located_line(examples, build.names)}")
     kept, lengths = apply_length_policy(examples, cfg, limit)
     if len(kept) < 2:
         raise DataError(

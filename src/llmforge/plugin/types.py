@@ -106,10 +106,11 @@ class MaskError(Exception):
 class Turn:
     """Where one message sits in the rendered text.
 
-    `start:end` is the whole turn, template markup included. For an assistant turn `content_start` is
-    where the generation prompt ends (what the template adds at inference is not the model's to write)
-    and `content_end` where its text and end-of-turn token end (trailing whitespace excluded); for the
-    other turns the content span is the whole turn.
+    `start:end` is the whole turn, template markup included. For an assistant turn `content_start:
+    content_end` is what the model is to write: what the template's `{% generation %}` markers select
+    where it has them; else from where the generation prompt ends (what the template adds at inference
+    is not the model's to write) to where its text and end-of-turn token end (trailing whitespace
+    excluded). For the other turns the content span is the whole turn.
     """
 
     role: str
@@ -121,8 +122,12 @@ class Turn:
 
 @dataclass(frozen=True)
 class Rendered:
+    """A rendered conversation, where its turns are, and how they were located (`located`: the
+    template's generation markers, rendered prefixes, or each message's text)."""
+
     text: str
     turns: list[Turn]
+    located: str = ""
 
     def assistant_turns(self) -> list[Turn]:
         return [t for t in self.turns if t.role == "assistant"]
