@@ -193,3 +193,54 @@ def test_finetune_with_lora_not_merged_saves_the_adapter_naming_its_base(base, t
     with torch.no_grad():
         assert torch.allclose(plain(input_ids=ids).logits, ours, atol=1e-5)
     assert model.generation_config.eos_token_id == [401, tok.eos_token_id]
+
+
+@pytest.fixture(scope="module")
+def wide_base(tmp_path_factory, corpus_text):
+    """4-bit layers quantize blocks of 64 inputs: a base at least that wide."""
+    return tiny_base(tmp_path_factory.mktemp("qlora") / "base", corpus_text, width=64)
+
+
+def test_qlora_trains_adapters_on_a_4bit_base_and_merges_them_in_full_precision(wide_base, tmp_path):
+    base = wide_base
+    printed = finetune(base, tmp_path / "merged", quantize="nf4")
+    assert "LoRA r=4 on c_attn, c_fc, c_proj of a nf4 4-bit base + 2 new token rows" in printed
+    assert "merging the adapters into the base loaded again in full precision" in printed
+    final = tmp_path / "merged" / "finetune" / "final"
+    assert "quantization_config" not in json.loads((final / "config.json").read_text())  # a plain dir
+    merged = AutoModelForCausalLM.from_pretrained(final).eval()
+    # the same training saving only its adapter: base in full precision + adapter gives the merged model
+    finetune(base, tmp_path / "adapter", quantize="nf4", merge=False)
+    unmerged, _ = load(tmp_path / "adapter" / "finetune" / "final")
+    original = AutoModelForCausalLM.from_pretrained(base).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        out = merged(input_ids=ids).logits
+        assert torch.allclose(out, unmerged(input_ids=ids).logits, atol=1e-4)
+        assert not torch.allclose(out[..., :400], original(input_ids=ids).logits, atol=1e-3)  # it learnt
+
+
+def test_qlora_without_bitsandbytes_says_what_is_needed(monkeypatch):
+    import sys
+
+    from llmforge.models.lora import quantization
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(ConfigError, match=r"finetune.lora.quantize needs bitsandbytes \(pip install"):
+        quantization(LoraConfig(quantize="nf4"), "fp32", torch.device("cpu"))
+    assert quantization(LoraConfig(), "fp32", torch.device("cpu")) == {}
+
+
+def test_an_adapter_of_a_pinned_hub_base_keeps_the_pin(tmp_path):
+    from llmforge.models.lora import load_adapter_model
+
+    model = apply_lora(gpt2(), LoraConfig(r=2), base="openai-community/gpt2@e7da7f2")
+    model.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["revision"] == "e7da7f2" and "@" not in str(saved["base_model_name_or_path"])
+    saved["base_model_name_or_path"] = "openai-community/gpt2"  # as a hub base names itself
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(saved))
+    with pytest.raises(
+        ConfigError, match=r"'openai-community/gpt2@e7da7f2' is not a local directory.*--revision e7da7f2"
+    ):
+        load_adapter_model(tmp_path / "adapter", None)

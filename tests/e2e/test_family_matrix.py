@@ -1,6 +1,7 @@
 """The family matrix: a recipe of only `finetune:` and `evaluate:` on each family's stand-in
-(tests/family_bases.py, made with plain transformers), full fine-tuning and LoRA; the result loads in
-plain transformers, keeps the family's template and stops at the family's end of turn."""
+(tests/family_bases.py, made with plain transformers), full fine-tuning, LoRA merged and LoRA saved as an
+adapter; the result loads in plain transformers (an adapter through peft's loader in transformers), keeps
+the family's template and stops at the family's end of turn."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import json
 import pytest
 import torch
 from rich.console import Console
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from chat_helpers import INSTRUCT, write_jsonl
 from family_bases import FAMILY_SPECS, build_base
 from llmforge import Recipe
+from llmforge.models.loading import load_model_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 
@@ -55,7 +57,7 @@ def bases(tmp_path_factory, corpus_text):
     return {name: build_base(spec, root / name, corpus_text) for name, spec in FAMILY_SPECS.items()}
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("lora", [None, {"r": 8}, {"r": 8, "merge": False}], ids=["full", "lora", "adapter"])
 @pytest.mark.parametrize("family", list(FAMILY_SPECS))
 def test_a_family_fine_tunes_and_chats_in_plain_transformers(bases, tmp_path, family, lora):
     spec = FAMILY_SPECS[family]
@@ -70,14 +72,22 @@ def test_a_family_fine_tunes_and_chats_in_plain_transformers(bases, tmp_path, fa
         "batch_size": 4,
         "lr": 1e-3,
         "log_every": 1,
-        **({"lora": {"r": 8}} if lora else {}),
+        **({"lora": lora} if lora else {}),
     }
     out = tmp_path / "run"
     console = Console(record=True, width=200)
     run = Recipe.from_dict({"finetune": finetune, "evaluate": {"perplexity": True}}).run(out, console=console)
     final = run.model_dir
-    model = AutoModelForCausalLM.from_pretrained(str(final)).eval()
     tok = AutoTokenizer.from_pretrained(str(final))
+    adapter = (final / "adapter_config.json").is_file()
+    assert adapter == (lora is not None and lora.get("merge") is False)
+    if adapter and len(tok) > len(AutoTokenizer.from_pretrained(str(bases[family]))):
+        model, _ = load_model_dir(final)  # new token rows: the base must be resized first, as llmforge does
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(final))  # transformers loads an adapter dir via peft
+        if adapter:  # which takes the base's generation config: the adapter dir's stops at the end of turn
+            model.generation_config = GenerationConfig.from_pretrained(str(final))
+    model.eval()
     base_tok = AutoTokenizer.from_pretrained(str(bases[family]))
     if spec.template:
         assert tok.chat_template == base_tok.chat_template  # the family's own template, byte for byte

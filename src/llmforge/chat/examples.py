@@ -73,16 +73,19 @@ def base_tokenizer(base: str, cfg: FinetuneConfig, plugins: Plugins) -> tuple[An
     return tok, installed
 
 
-def base_model(base: str, tok: Any, cfg: FinetuneConfig, console: Console, attn: str = "sdpa") -> torch.nn.Module:
+def base_model(
+    base: str, tok: Any, cfg: FinetuneConfig, console: Console, attn: str = "sdpa", **load: Any
+) -> torch.nn.Module:
     """The base model, with embedding rows added for the template's new tokens. A family transformers has
-    no SDPA kernel for (Gemma 2) runs its own eager attention, said in one line."""
+    no SDPA kernel for (Gemma 2) runs its own eager attention, said in one line. `load`: more
+    `from_pretrained` keywords (a 4-bit quantization)."""
     try:
         try:
-            model = hub.load(AutoModelForCausalLM, base, "finetune.base", attn_implementation=attn)
+            model = hub.load(AutoModelForCausalLM, base, "finetune.base", attn_implementation=attn, **load)
         except ValueError as exc:
             if attn != "sdpa" or "does not support an attention implementation" not in str(exc):
                 raise
-            model = hub.load(AutoModelForCausalLM, base, "finetune.base", attn_implementation="eager")
+            model = hub.load(AutoModelForCausalLM, base, "finetune.base", attn_implementation="eager", **load)
             console.print(
                 f"  {model.config.model_type} has no SDPA attention in transformers: its eager attention runs "
                 "instead (slower; the packed rows' document masks still apply)"

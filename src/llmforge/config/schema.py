@@ -231,6 +231,11 @@ class LoraConfig:
     merge: bool = _f(
         True, "Write a merged plain HF model dir; false saves only the adapter, which names its base model dir."
     )
+    quantize: Literal["nf4", "fp4"] | None = _f(
+        None,
+        "Load the frozen base in 4 bits through bitsandbytes (QLoRA: nf4, with double quantization) and train "
+        "the adapters on it; a merged model is merged into the base in full precision.",
+    )
 
 
 @dataclass

@@ -5,11 +5,16 @@ lora_alpha, dropout -> lora_dropout, target_modules -> target_modules (peft's al
 list checked against the model's own module names first), dora -> use_dora, rslora -> use_rslora. Rows
 of the embedding added for a chat template's new tokens are trained through peft's
 `trainable_token_indices`, so the new tokens are learnt while the old rows stay frozen.
+
+`quantize` (QLoRA) loads the frozen base's linear layers in 4 bits through bitsandbytes (nf4 or fp4,
+double quantization, computing in the training precision); merging then loads the base again in full
+precision and merges the trained adapters into it, so the merged model is a plain, unquantized HF dir.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -23,8 +28,11 @@ from llmforge.errors import ConfigError
 ALL_LINEAR = "all-linear"  # peft's own shorthand: every linear or Conv1D layer but the output head
 
 
-def apply_lora(model: torch.nn.Module, cfg: LoraConfig, new_token_ids: list[int] | None = None) -> Any:
-    """Wrap `model` in a peft model with LoRA adapters (and trainable rows for `new_token_ids`)."""
+def apply_lora(
+    model: torch.nn.Module, cfg: LoraConfig, new_token_ids: list[int] | None = None, base: str | None = None
+) -> Any:
+    """Wrap `model` in a peft model with LoRA adapters (and trainable rows for `new_token_ids`). A hub
+    `base` pinned as `name@revision` is saved as peft writes a pin: the name, and the revision beside it."""
     import peft
 
     if cfg.r < 1:
@@ -47,7 +55,51 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig, new_token_ids: list[int]
         trainable_token_indices=_token_rows(model, list(new_token_ids or [])),
         task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, lora)
+    return peft.get_peft_model(model, lora, revision=hub.split(base)[1] if base else None)
+
+
+def quantization(cfg: LoraConfig | None, precision: str, device: torch.device) -> dict[str, Any]:
+    """`from_pretrained` keywords that load the base in 4 bits on `device` (none without lora.quantize)."""
+    if cfg is None or cfg.quantize is None:
+        return {}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            "finetune.lora.quantize needs bitsandbytes (pip install 'bitsandbytes>=0.46'; its 4-bit layers run "
+            "on CUDA, Intel XPU and CPU), or leave quantize out to train LoRA on the unquantized base."
+        ) from exc
+    from transformers import BitsAndBytesConfig
+
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quantize,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+    return {"quantization_config": config, "device_map": {"": device}}
+
+
+def prepare_quantized(model: torch.nn.Module) -> torch.nn.Module:
+    """peft's preparation of a 4-bit base: norms and the head in fp32, gradients into the inputs
+    (gradient checkpointing stays the recipe's switch, train.gradient_checkpointing)."""
+    import peft
+
+    if not getattr(model, "is_loaded_in_4bit", False):
+        return model
+    return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def merge_into(full: torch.nn.Module, trained: Any) -> torch.nn.Module:
+    """The adapters of `trained` (a peft model on a quantized base) merged into `full`, the same base
+    loaded in full precision: merging into 4-bit weights would round the update away and save a
+    checkpoint only bitsandbytes can read."""
+    import peft
+
+    model = peft.get_peft_model(full, copy.deepcopy(trained.peft_config["default"]))
+    peft.set_peft_model_state_dict(model, peft.get_peft_model_state_dict(trained))
+    return model.merge_and_unload()
 
 
 def _token_rows(model: torch.nn.Module, ids: list[int]) -> list[int] | dict[str, list[int]] | None:
@@ -127,7 +179,10 @@ def load_adapter_model(path: Any, tokenizer: Any) -> torch.nn.Module:
     import peft
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    adapter = json.loads((Path(path) / "adapter_config.json").read_text())
+    base = adapter.get("base_model_name_or_path")
+    if base and adapter.get("revision") and hub.is_hub_name(base):
+        base = f"{base}@{adapter['revision']}"
     if not base:
         raise ConfigError(f"'{path}' holds a LoRA adapter without base_model_name_or_path in adapter_config.json.")
     try:

@@ -31,12 +31,21 @@ from llmforge.chat.examples import (
 from llmforge.config.schema import FinetuneConfig
 from llmforge.data.batches import ExampleCollator
 from llmforge.errors import ConfigError
-from llmforge.models.lora import apply_lora, check_targets, parameter_counts, quiet_peft
+from llmforge.models.lora import (
+    apply_lora,
+    check_targets,
+    merge_into,
+    parameter_counts,
+    prepare_quantized,
+    quantization,
+    quiet_peft,
+)
 from llmforge.stages.context import Context
 from llmforge.training.arguments import validate
 from llmforge.training.checkpoints import best_step
-from llmforge.training.distributed import distributed_state
+from llmforge.training.distributed import distributed_state, training_device
 from llmforge.training.loop import TrainingJob, fit
+from llmforge.training.precision import compute_precision
 from llmforge.training.reruns import settings
 
 ARTEFACT = "finetune/final"
@@ -107,22 +116,32 @@ def run(ctx: Context) -> dict[str, Any]:
     examples, stats = prepare(ctx, tok, installed, base)
     attn = ctx.recipe.model.attn_implementation if ctx.recipe.model is not None else "sdpa"
 
+    quantized = quantization(cfg.lora, compute_precision(cfg.precision), training_device())
+
     def make_model(_: FinetuneConfig) -> Any:
-        model = base_model(base, tok, cfg, ctx.console, attn)
+        model = base_model(base, tok, cfg, ctx.console, attn, **quantized)
         how = ""
         if cfg.lora is not None:
             with quiet_peft():
-                model = apply_lora(model, cfg.lora, installed.added_ids)
+                model = apply_lora(prepare_quantized(model), cfg.lora, installed.added_ids, base)
             targets = {
                 t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules
             }  # all-linear: full names
             how = f": LoRA r={cfg.lora.r} on {', '.join(sorted(targets))}"
+            how += f" of a {cfg.lora.quantize} 4-bit base" if cfg.lora.quantize else ""
             how += f" + {len(installed.added_ids)} new token rows" if installed.added_ids else ""
         trainable, total = parameter_counts(model)
         ctx.console.print(f"  training {trainable:,} of {total:,} parameters ({trainable / total:.2%}){how}")
         return model
 
     merge = cfg.lora is not None and cfg.lora.merge
+
+    def merged(model: Any) -> Any:
+        if not quantized:
+            return model.merge_and_unload()
+        ctx.console.print("  merging the adapters into the base loaded again in full precision")
+        return merge_into(base_model(base, tok, cfg, ctx.console, attn), model)
+
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     job = TrainingJob(
         stage="finetune",
@@ -140,7 +159,7 @@ def run(ctx: Context) -> dict[str, Any]:
         row_tokens=stats["train"]["tokens"] / max(stats["train"]["rows"], 1),  # a mean: rows vary in length
         rows="packed rows" if cfg.packing else "examples",
         document_guard=cfg.packing and cfg.document_aware,
-        final_model=(lambda model: model.merge_and_unload()) if merge else None,
+        final_model=merged if merge else None,
         stop_ids=list(dict.fromkeys(i for i in (installed.end_of_turn_id, tok.eos_token_id) if i is not None)),
         quiet=quiet_peft,
         rerun=ctx.rerun("finetune"),

@@ -13,6 +13,14 @@ def use_cpu() -> bool:
     return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
+def training_device() -> torch.device:
+    """The device this process trains on (its local rank's GPU under torchrun): where a quantized base is
+    loaded, as the Trainer does not move one."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
 def distributed_state() -> Any:
     """accelerate's PartialState when launched as one of several processes (torchrun, accelerate
     launch), else None. Creating it joins the process group, so every stage sees the world size."""

@@ -55,6 +55,14 @@ def candidates() -> list[str]:
     return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
 
 
+def compute_precision(precision: str) -> str:
+    """The precision to compute in where it must be fixed before a model exists (a 4-bit base's layers):
+    the one asked for; for `auto` bf16 on a GPU with it, else fp32 (a CPU's probe needs the model)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def check(precision: str) -> None:
     """A clear error where the hardware cannot train in the precision asked for."""
     cuda = torch.cuda.is_available()
