@@ -297,3 +297,21 @@ def test_continued_pretraining_starts_at_the_bases_own_loss_with_its_own_tokeniz
     first = next(r["loss"] for r in run.metrics() if "loss" in r)
     assert first == pytest.approx(direct, abs=1e-4)
     assert AutoModelForCausalLM.from_pretrained(str(run.model_dir)).config.vocab_size == len(own)
+
+
+def test_a_python_recipe_with_pretrained_weights_takes_their_tokenizer(tmp_path):
+    """The same default in Python as in YAML: no tokenizer given, model.from_pretrained -> its own tokenizer;
+    one given (or None for a stage that is off) is kept."""
+    from llmforge.config.schema import DataConfig, ModelConfig, TokenizerConfig
+
+    weights = ModelConfig(from_pretrained=str(tmp_path / "base"))
+    assert Recipe(model=weights).tokenizer == TokenizerConfig(path=str(tmp_path / "base"))
+    assert Recipe().tokenizer == TokenizerConfig() and type(Recipe().tokenizer) is TokenizerConfig
+    own = TokenizerConfig(vocab_size=512)
+    assert Recipe(model=weights, tokenizer=own).tokenizer is own
+    assert Recipe(model=weights, data=None).tokenizer == TokenizerConfig()  # no data: nothing is pretrained on
+    assert Recipe(model=weights, tokenizer=None).tokenizer is None
+    assert Recipe.from_dict({"model": {"from_pretrained": str(tmp_path / "base")}}).tokenizer.path == str(
+        tmp_path / "base"
+    )
+    assert type(Recipe.from_dict({}).tokenizer) is TokenizerConfig and DataConfig() == Recipe().data

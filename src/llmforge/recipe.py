@@ -63,13 +63,18 @@ PARALLEL_STAGES = ("train", "finetune")  # run by every process under torchrun /
 SMOKE_KEY = "smoke"  # a recipe file's block of overrides for a quick check run (`llmforge run --smoke`)
 
 
+class _UnsetTokenizer(TokenizerConfig):
+    """The tokenizer field's default: a tokenizer trained on the data, or for `model.from_pretrained` the
+    weights' own (decided in `Recipe.__post_init__`, when the model block is known)."""
+
+
 @dataclass
 class Recipe:
     """An ordered set of stage configs. Build it in Python or with `Recipe.from_yaml`."""
 
     name: str = "llmforge-run"
     data: DataConfig | None = field(default_factory=DataConfig)  # None: the stage is off (fine-tune only)
-    tokenizer: TokenizerConfig | None = field(default_factory=TokenizerConfig)
+    tokenizer: TokenizerConfig | None = field(default_factory=_UnsetTokenizer)
     model: ModelConfig | None = field(default_factory=ModelConfig)
     train: TrainConfig | None = field(default_factory=TrainConfig)
     finetune: FinetuneConfig | None = None
@@ -78,6 +83,9 @@ class Recipe:
     folder: ClassVar[Path | None] = None  # a recipe file's folder (relative data paths are taken from it)
 
     def __post_init__(self) -> None:
+        if isinstance(self.tokenizer, _UnsetTokenizer):
+            pretrained = self.model is not None and self.model.from_pretrained and self.data is not None
+            self.tokenizer = TokenizerConfig(path=self.model.from_pretrained) if pretrained else TokenizerConfig()
         self._prepare_model()
         check_plugin_names(self, get_plugins(self.plugins))
 
@@ -128,9 +136,8 @@ class Recipe:
                     "to fine-tune, or add the data, tokenizer, model and train blocks that make one."
                 )
             kwargs.update(dict.fromkeys(PRETRAINING))  # fine-tune only: finetune.base is the model
-        model = kwargs.get("model")
-        if mapping.get("tokenizer") is None and model is not None and model.from_pretrained and kwargs.get("data"):
-            kwargs["tokenizer"] = TokenizerConfig(path=model.from_pretrained)  # the weights' own tokenizer
+        if mapping.get("tokenizer") is None and "tokenizer" in kwargs and kwargs["tokenizer"] is not None:
+            del kwargs["tokenizer"]  # the field's default: trained, or the weights' own
         kwargs["name"] = check_type(mapping.get("name", "llmforge-run"), str, "name")
         kwargs["plugins"] = check_type(mapping.get("plugins") or [], list[str], "plugins")
         return cls(**kwargs)
