@@ -25,3 +25,22 @@ def test_the_plan_line_gives_tokens_per_step_and_epochs(tmp_path, corpus_file):
     # 36 training examples (40 less the 10% held out): 6 steps x 8 = 48 examples = 1.33 epochs
     assert "tokens per step: 1.33 epochs over 36 examples" in examples, examples
     assert "tokens each" not in text  # the old line called a step's tokens each example's
+
+
+def test_evaluation_keeps_no_logits(tmp_path, corpus_file, monkeypatch):
+    """Only eval_loss is used: the Trainer is told so, or it would keep every batch's logits (GBs at a 50k
+    vocabulary: the 124M fine-tune peaked at 8 GB before)."""
+    from llmforge.training.trainer import LlmforgeTrainer
+
+    seen = []
+    original = LlmforgeTrainer.prediction_step
+
+    def recording(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        out = original(self, model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        seen.append((prediction_loss_only, out[1]))
+        return out
+
+    monkeypatch.setattr(LlmforgeTrainer, "prediction_step", recording)
+    recipe = Recipe.from_dict(tiny_recipe_dict(corpus_file, max_steps=2, eval_every=2))
+    recipe.run(tmp_path / "run", console=Console(quiet=True))
+    assert seen and all(loss_only and logits is None for loss_only, logits in seen)

@@ -46,6 +46,9 @@ def test_auto_picks_the_faster_candidate_on_each_of_two_shapes(tmp_path, both_ca
     assert again.describe().endswith("measured earlier)")
     longer = precision.choose("auto", tiny(64), 32, cache, measure)  # another row length is another shape
     assert not longer.cached and len(timed) == 6
+    # never more rows than a training step has: the probe must not set the run's peak memory
+    small = precision.choose("auto", tiny(64), 16, cache, measure, batch=3)
+    assert not small.cached and timed[-1][2] == 3
 
 
 def test_a_real_probe_keeps_the_faster_of_its_own_measurements_and_leaves_the_model_as_it_was(

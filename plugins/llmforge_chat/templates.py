@@ -2,8 +2,7 @@
 
 Every template marks what the assistant writes with `{% generation %}` ... `{% endgeneration %}`, so
 `tokenizer.apply_chat_template(..., return_assistant_tokens_mask=True)` works on a saved model dir
-as well. llmforge itself locates turns by rendering (see llmforge.chat.conversations) and only needs
-each template to append one message at a time.
+as well, and llmforge's own loss masks come from those markers (see llmforge.chat.conversations).
 """
 
 from __future__ import annotations

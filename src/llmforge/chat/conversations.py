@@ -181,16 +181,15 @@ def _find_text(full: str, content: str, start: int, specials: list[str]) -> tupl
 def _marked(tokenizer: Any, messages: list[dict[str, Any]], turns: list[Turn]) -> list[Turn]:
     """The turns with each assistant turn's content set to what the `{% generation %}` markers select,
     as tokens: the spans of the tokens transformers' assistant mask sets."""
-    try:
-        enc = tokenizer.apply_chat_template(
-            messages,
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-            tokenizer_kwargs={"return_offsets_mapping": True},
-        )
-    except (jinja2.TemplateError, ValueError, TypeError) as exc:
-        raise TemplateError(f"the chat template raised {type(exc).__name__}: {exc}") from exc
+    enc = _apply(
+        tokenizer,
+        messages,
+        False,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        tokenizer_kwargs={"return_offsets_mapping": True},
+    )
     runs: list[list[int]] = []  # [start, end] of each run of marked tokens
     previous = False
     for (s, e), marked in zip(enc["offset_mapping"], enc["assistant_masks"], strict=True):
@@ -217,9 +216,11 @@ def _marked(tokenizer: Any, messages: list[dict[str, Any]], turns: list[Turn]) -
     return out
 
 
-def _apply(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+def _apply(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool, **kwargs: Any) -> Any:
+    """`apply_chat_template` (the text, unless `kwargs` say otherwise); a template's failure is a TemplateError."""
+    kwargs.setdefault("tokenize", False)
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, **kwargs)
     except (jinja2.TemplateError, ValueError, TypeError) as exc:
         raise TemplateError(f"the chat template raised {type(exc).__name__}: {exc}") from exc
 

@@ -52,8 +52,9 @@ def register_chat_templates(register: Register) -> None:
 
     `from llmforge.chat.conversations import ChatTemplate`. `template` is Jinja text (or a function of the
     tokenizer returning it; None keeps the tokenizer's own), rendered by transformers'
-    `apply_chat_template` and saved with the tokenizer. It must append one message at a time (turns
-    are located by rendering prefixes) and should mark assistant text with `{% generation %}`.
+    `apply_chat_template` and saved with the tokenizer. It should mark assistant text with
+    `{% generation %}` (the mask is then the markers'); without markers, turns are located by
+    rendering prefixes, or where the template rewrites earlier turns, by each message's text.
     `special_tokens` are added to the tokenizer (the model gets new embedding rows); `end_of_turn`
     is the token that ends an assistant turn (string, function of the tokenizer, or None to find it).
     """

@@ -119,6 +119,7 @@ def training_arguments(
         logging_steps=cfg.log_every,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=cfg.eval_every,
+        prediction_loss_only=True,  # only eval_loss is used: else every batch's logits are kept (GBs at 50k vocab)
         save_strategy="steps" if save_every else "no",
         save_steps=save_every,
         save_total_limit=None,  # LlmforgeCallback rotates, counting complete checkpoints only

@@ -127,7 +127,8 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     trainable, total = parameter_counts(model)
     # timed before the plugins' prepare_model: their hooks must see training's forwards only, not the probe's
     with dist.main_process_first() if dist is not None else contextlib.nullcontext():  # the others read its cache
-        precision = choose_precision(cfg.precision, model, job.block_length or max(1, round(job.row_tokens)))
+        length = job.block_length or max(1, round(job.row_tokens))
+        precision = choose_precision(cfg.precision, model, length, batch=cfg.batch_size)
     job.plugins.call("prepare_model", model=model, stage=job.stage, config=cfg)
     guard = DocumentMaskGuard().attach(model) if job.document_guard else None
     compile_body = cfg.torch_compile and cfg.fused_loss and world == 1 and fused_loss_supported(model)

@@ -127,7 +127,7 @@ def flops_per_second(cfg: ModelConfig, tok: Any, batch: int, length: int, precis
         model.train()
         ids = torch.randint(0, len(tok), (batch, length), device=device)
         optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        bf16 = choose_precision(precision, model, length).precision == "bf16"
+        bf16 = choose_precision(precision, model, length, batch=batch).precision == "bf16"
         for step in range(1 + TIMED_STEPS):
             start = time.perf_counter()
             with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
