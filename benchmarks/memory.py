@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import arguments, corpus_text, emit, machine, run_contender, target  # noqa: E402
+from benchlib import AnonymousPeak, arguments, corpus_text, emit, machine, run_contender, target  # noqa: E402
 
 
 def write_corpus(path: Path, megabytes: int) -> int:
@@ -49,35 +49,6 @@ def recipe(corpus: Path, streaming: bool) -> dict:
         "model": {"n_layer": 2, "n_embd": 128, "n_head": 4, "context_length": 256},
         "train": {"max_steps": 30, "batch_size": 8, "log_every": 10, "save_every": 15, "eval_every": 30},
     }
-
-
-class AnonymousPeak:
-    """Peak of the process's anonymous resident memory (RssAnon), sampled every 20 ms.
-
-    ru_maxrss also counts file pages mapped into the process: reading a memory-mapped Arrow dataset
-    (how `datasets` reads) leaves the pages it touched resident until the mapping closes, so its peak
-    grows with the corpus although those pages are clean page cache that the kernel reclaims freely.
-    RssAnon is the memory the process itself allocated.
-    """
-
-    def __init__(self) -> None:
-        import threading
-
-        self.peak_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak_kb / 1024
 
 
 def contender(name: str, corpus: Path, work: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -244,3 +245,19 @@ def test_an_adapter_of_a_pinned_hub_base_keeps_the_pin(tmp_path):
         ConfigError, match=r"'openai-community/gpt2@e7da7f2' is not a local directory.*--revision e7da7f2"
     ):
         load_adapter_model(tmp_path / "adapter", None)
+
+
+def test_lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_into_it_in_full_precision(base, tmp_path):
+    cfg = finetune_config({"dropout": 0.0}, precision="bf16")
+    console = Console(record=True, width=200)
+    llmforge.finetune(base, cfg, tmp_path / "merged", console=console)
+    printed = console.export_text()
+    assert "frozen weights kept in bf16" in printed and "merging the adapters into the base loaded again" in printed
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged" / "finetune" / "final").eval()
+    assert all(p.dtype == torch.float32 for p in merged.parameters())
+    adapter = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, merge=False))
+    llmforge.finetune(base, adapter, tmp_path / "adapter", console=Console(quiet=True))
+    unmerged, _ = load(tmp_path / "adapter" / "finetune" / "final")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, unmerged(input_ids=ids).logits, atol=1e-5)

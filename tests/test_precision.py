@@ -99,3 +99,26 @@ def test_the_cache_lives_in_the_users_cache_folder(monkeypatch, tmp_path):
     assert precision.cache_file() == tmp_path / "llmforge" / "precision.json"
     monkeypatch.setenv("LLMFORGE_CACHE_DIR", str(tmp_path / "mine"))
     assert precision.cache_file() == tmp_path / "mine" / "precision.json"
+
+
+def test_frozen_weights_kept_in_bf16_give_the_same_products_in_half_the_memory():
+    import peft
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_positions=32, n_embd=64, n_layer=2, n_head=2))
+    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules="all-linear", fan_in_fan_out=True))
+    torch.nn.init.normal_(model.base_model.model.transformer.h[0].attn.c_attn.lora_B["default"].weight)
+    ids = torch.randint(0, 96, (2, 16))
+    model.eval()  # no dropout: the same forward twice
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+    assert precision.frozen_weights_in(model, "fp32") == 0
+    freed = precision.frozen_weights_in(model, "bf16")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(input_ids=ids).logits
+    assert torch.equal(before, after)  # autocast rounded those weights to bf16 anyway
+    frozen_linear = 2 * (64 * 192 + 192 + 64 * 64 + 64 + 64 * 256 + 256 + 256 * 64 + 64)
+    assert freed == frozen_linear * 2
+    assert base.lm_head.weight is base.transformer.wte.weight and base.lm_head.weight.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)

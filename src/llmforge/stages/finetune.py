@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 
 from llmforge import rundir
 from llmforge.chat.conversations import Installed
@@ -137,7 +138,8 @@ def run(ctx: Context) -> dict[str, Any]:
     merge = cfg.lora is not None and cfg.lora.merge
 
     def merged(model: Any) -> Any:
-        if not quantized:
+        reduced = any(not p.requires_grad and p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+        if not quantized and not reduced:  # else the frozen weights were rounded for training (4-bit, bf16)
             return model.merge_and_unload()
         ctx.console.print("  merging the adapters into the base loaded again in full precision")
         return merge_into(base_model(base, tok, cfg, ctx.console, attn), model)

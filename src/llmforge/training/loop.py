@@ -41,6 +41,7 @@ from llmforge.training.checkpoints import last_evaluation, logged, save_final
 from llmforge.training.distributed import distributed_state, world_size
 from llmforge.training.loss import use_vocab_cross_entropy
 from llmforge.training.precision import choose as choose_precision
+from llmforge.training.precision import frozen_weights_in
 from llmforge.training.reruns import ApplySettings, Mode, Start, settings, start_point
 from llmforge.training.trainer import LlmforgeTrainer, fused_loss_supported
 
@@ -129,6 +130,8 @@ def _fit_once(job: TrainingJob, cfg: TrainConfig) -> tuple[dict[str, Any], Any]:
     with dist.main_process_first() if dist is not None else contextlib.nullcontext():  # the others read its cache
         length = job.block_length or max(1, round(job.row_tokens))
         precision = choose_precision(cfg.precision, model, length, batch=cfg.batch_size)
+    if freed := frozen_weights_in(model, precision.precision):
+        job.console.print(f"  frozen weights kept in {precision.precision}: {freed / 2**20:,.0f} MB less")
     job.plugins.call("prepare_model", model=model, stage=job.stage, config=cfg)
     guard = DocumentMaskGuard().attach(model) if job.document_guard else None
     compile_body = cfg.torch_compile and cfg.fused_loss and world == 1 and fused_loss_supported(model)

@@ -63,6 +63,32 @@ def compute_precision(precision: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
+def frozen_weights_in(model: torch.nn.Module, precision: str) -> int:
+    """Store the frozen weights of the linear layers (a LoRA base) in the autocast dtype; returns the
+    bytes freed. Autocast would cast them to that dtype at every forward and keep the copies for the
+    backward pass; casting once gives the same products with half the memory. Norms, embeddings and
+    everything trained stay as they are. A merge must then use the base in full precision."""
+    from transformers.pytorch_utils import Conv1D
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return 0
+    shared = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    freed = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, (torch.nn.Linear, Conv1D)) or weight is None or weight.dtype != torch.float32:
+            continue  # a 4-bit layer's weight is already packed
+        if id(weight) in shared:
+            continue  # a head tied to the embedding: casting would untie it
+        for name in ("weight", "bias"):
+            param = getattr(module, name, None)
+            if param is not None and not param.requires_grad and param.dtype == torch.float32:
+                freed += param.numel() * (param.element_size() - 2)
+                setattr(module, name, torch.nn.Parameter(param.detach().to(dtype), requires_grad=False))
+    return freed
+
+
 def check(precision: str) -> None:
     """A clear error where the hardware cannot train in the precision asked for."""
     cuda = torch.cuda.is_available()
