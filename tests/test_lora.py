@@ -261,3 +261,15 @@ def test_lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_into_it_in_full_p
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, unmerged(input_ids=ids).logits, atol=1e-5)
+
+
+def test_bitsandbytes_optional_cpu_kernel_warning_is_not_printed(caplog):
+    import logging
+
+    import llmforge  # noqa: F401  (installs the filter)
+
+    ops = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        ops.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s.", "offline")
+        ops.warning("a real bitsandbytes warning")
+    assert [r.getMessage() for r in caplog.records] == ["a real bitsandbytes warning"]

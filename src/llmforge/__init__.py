@@ -8,9 +8,22 @@ Names load on first use, so `import llmforge` and importing one submodule (a tok
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+
+def _not_the_optional_cpu_kernel(record: logging.LogRecord) -> bool:
+    """bitsandbytes (QLoRA), imported by transformers' Trainer through peft, tries at import to fetch an
+    optional CPU kernel from the hub and warns when it cannot (offline, or the publisher unverified): every
+    llmforge command would print it, though 4-bit layers work without it."""
+    message = record.getMessage()
+    return "kernels-community/quantization-bitsandbytes" not in message and "gemm_4bit_forward" not in message
+
+
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_name).addFilter(_not_the_optional_cpu_kernel)
 
 _EXPORTS = {  # public name -> the module that defines it
     "Benchmark": "llmforge.plugin.types",
