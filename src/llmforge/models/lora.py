@@ -91,6 +91,13 @@ def prepare_quantized(model: torch.nn.Module) -> torch.nn.Module:
     return peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+def rounded_base(model: torch.nn.Module) -> bool:
+    """The frozen base was rounded for training (4-bit, or bf16/fp16 weights): merge into a fresh copy."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        return True
+    return any(not p.requires_grad and p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+
+
 def merge_into(full: torch.nn.Module, trained: Any) -> torch.nn.Module:
     """The adapters of `trained` (a peft model on a quantized base) merged into `full`, the same base
     loaded in full precision: merging into 4-bit weights would round the update away and save a

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import torch
 
 from llmforge import rundir
 from llmforge.chat.conversations import Installed
@@ -40,6 +39,7 @@ from llmforge.models.lora import (
     prepare_quantized,
     quantization,
     quiet_peft,
+    rounded_base,
 )
 from llmforge.stages.context import Context
 from llmforge.training.arguments import validate
@@ -138,8 +138,7 @@ def run(ctx: Context) -> dict[str, Any]:
     merge = cfg.lora is not None and cfg.lora.merge
 
     def merged(model: Any) -> Any:
-        reduced = any(not p.requires_grad and p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
-        if not quantized and not reduced:  # else the frozen weights were rounded for training (4-bit, bf16)
+        if not rounded_base(model):
             return model.merge_and_unload()
         ctx.console.print("  merging the adapters into the base loaded again in full precision")
         return merge_into(base_model(base, tok, cfg, ctx.console, attn), model)
