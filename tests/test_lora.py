@@ -228,8 +228,8 @@ def test_qlora_without_bitsandbytes_says_what_is_needed(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(ConfigError, match=r"finetune.lora.quantize needs bitsandbytes \(pip install"):
-        quantization(LoraConfig(quantize="nf4"), "fp32", torch.device("cpu"))
-    assert quantization(LoraConfig(), "fp32", torch.device("cpu")) == {}
+        quantization(LoraConfig(quantize="nf4"), torch.float32, torch.device("cpu"))
+    assert quantization(LoraConfig(), torch.float32, torch.device("cpu")) == {}
 
 
 def test_an_adapter_of_a_pinned_hub_base_keeps_the_pin(tmp_path):

@@ -16,6 +16,7 @@ loss when it overlaps a selected span (the rule of `return_assistant_tokens_mask
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections import Counter
@@ -59,7 +60,12 @@ def has_generation_markers(tokenizer: Any) -> bool:
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, dict):
         template = template.get("default")
-    return bool(template and GENERATION_MARKER.search(template))
+    return bool(template) and _marks_generation(template)
+
+
+@functools.lru_cache(maxsize=16)
+def _marks_generation(template: str) -> bool:  # asked once per rendered row, for the same few templates
+    return GENERATION_MARKER.search(template) is not None
 
 
 def render(tokenizer: Any, messages: list[dict[str, Any]]) -> Rendered:
@@ -166,15 +172,13 @@ def _find_text(full: str, content: str, start: int, specials: list[str]) -> tupl
     """The first place at or after `start` where `content` (or, as templates trim, its stripped text) is
     written and followed by a special token; else its first place at all."""
     for text in dict.fromkeys((content, content.strip())):
-        first = None
-        i = full.find(text, start)
+        i = first = full.find(text, start)
         while i >= 0:
             if _special_at(full, i + len(text), specials):
                 return i, i + len(text)
-            first = (i, i + len(text)) if first is None else first
             i = full.find(text, i + 1)
-        if first is not None:
-            return first
+        if first >= 0:
+            return first, first + len(text)
     return None
 
 
@@ -190,30 +194,22 @@ def _marked(tokenizer: Any, messages: list[dict[str, Any]], turns: list[Turn]) -
         return_assistant_tokens_mask=True,
         tokenizer_kwargs={"return_offsets_mapping": True},
     )
-    runs: list[list[int]] = []  # [start, end] of each run of marked tokens
-    previous = False
+    spans: dict[int, tuple[int, int]] = {}  # turn -> from its first marked token to its last
+    k = 0
     for (s, e), marked in zip(enc["offset_mapping"], enc["assistant_masks"], strict=True):
-        if marked and previous:
-            runs[-1][1] = e
-        elif marked:
-            runs.append([s, e])
-        previous = bool(marked)
-    spans: dict[int, tuple[int, int]] = {}
-    for s, e in runs:
-        k = next((k for k, t in enumerate(turns) if t.start <= s < t.end), len(turns) - 1)
+        if not marked:
+            continue
+        while k < len(turns) - 1 and s >= turns[k].end:  # tokens and turns are both in text order
+            k += 1
         if turns[k].role != "assistant":
             raise TemplateError(
                 f"the template's {{% generation %}} markers select text of message {k + 1}, a {turns[k].role} turn"
             )
-        first = spans.get(k, (s, e))
-        spans[k] = (min(first[0], s), max(first[1], e))
-    out = []
-    for k, t in enumerate(turns):
-        if t.role == "assistant":
-            content_start, content_end = spans.get(k, (t.end, t.end))
-            t = Turn(t.role, t.start, t.end, content_start, content_end)
-        out.append(t)
-    return out
+        spans[k] = (spans[k][0], max(spans[k][1], e)) if k in spans else (s, e)
+    return [
+        Turn(t.role, t.start, t.end, *spans.get(k, (t.end, t.end))) if t.role == "assistant" else t
+        for k, t in enumerate(turns)
+    ]
 
 
 def _apply(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool, **kwargs: Any) -> Any:

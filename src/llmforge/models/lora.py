@@ -58,7 +58,7 @@ def apply_lora(
     return peft.get_peft_model(model, lora, revision=hub.split(base)[1] if base else None)
 
 
-def quantization(cfg: LoraConfig | None, precision: str, device: torch.device) -> dict[str, Any]:
+def quantization(cfg: LoraConfig | None, compute: torch.dtype, device: torch.device) -> dict[str, Any]:
     """`from_pretrained` keywords that load the base in 4 bits on `device` (none without lora.quantize)."""
     if cfg is None or cfg.quantize is None:
         return {}
@@ -71,7 +71,6 @@ def quantization(cfg: LoraConfig | None, precision: str, device: torch.device) -
         ) from exc
     from transformers import BitsAndBytesConfig
 
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     config = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=cfg.quantize,

@@ -46,7 +46,7 @@ from llmforge.training.arguments import validate
 from llmforge.training.checkpoints import best_step
 from llmforge.training.distributed import distributed_state, training_device
 from llmforge.training.loop import TrainingJob, fit
-from llmforge.training.precision import compute_precision
+from llmforge.training.precision import compute_dtype
 from llmforge.training.reruns import settings
 
 ARTEFACT = "finetune/final"
@@ -117,7 +117,7 @@ def run(ctx: Context) -> dict[str, Any]:
     examples, stats = prepare(ctx, tok, installed, base)
     attn = ctx.recipe.model.attn_implementation if ctx.recipe.model is not None else "sdpa"
 
-    quantized = quantization(cfg.lora, compute_precision(cfg.precision), training_device())
+    quantized = quantization(cfg.lora, compute_dtype(cfg.precision), training_device())
 
     def make_model(_: FinetuneConfig) -> Any:
         model = base_model(base, tok, cfg, ctx.console, attn, **quantized)

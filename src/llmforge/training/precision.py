@@ -55,12 +55,15 @@ def candidates() -> list[str]:
     return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
 
 
-def compute_precision(precision: str) -> str:
-    """The precision to compute in where it must be fixed before a model exists (a 4-bit base's layers):
-    the one asked for; for `auto` bf16 on a GPU with it, else fp32 (a CPU's probe needs the model)."""
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype to compute in where it must be fixed before a model exists (a 4-bit base's layers): the
+    precision asked for; for `auto` bf16 on a GPU with it, else fp32 (a CPU's probe needs the model)."""
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return AUTOCAST_DTYPES.get(precision, torch.float32)
 
 
 def frozen_weights_in(model: torch.nn.Module, precision: str) -> int:
@@ -70,21 +73,18 @@ def frozen_weights_in(model: torch.nn.Module, precision: str) -> int:
     everything trained stay as they are. A merge must then use the base in full precision."""
     from transformers.pytorch_utils import Conv1D
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = AUTOCAST_DTYPES.get(precision)
     if dtype is None:
         return 0
     shared = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     freed = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if not isinstance(module, (torch.nn.Linear, Conv1D)) or weight is None or weight.dtype != torch.float32:
-            continue  # a 4-bit layer's weight is already packed
-        if id(weight) in shared:
+        if not isinstance(module, (torch.nn.Linear, Conv1D)) or weight is None or id(weight) in shared:
             continue  # a head tied to the embedding: casting would untie it
-        for name in ("weight", "bias"):
-            param = getattr(module, name, None)
-            if param is not None and not param.requires_grad and param.dtype == torch.float32:
-                freed += param.numel() * (param.element_size() - 2)
+        for name, param in list(module.named_parameters(recurse=False)):
+            if not param.requires_grad and param.dtype == torch.float32:  # a 4-bit layer's weight is packed
+                freed += param.numel() * (param.element_size() - dtype.itemsize)
                 setattr(module, name, torch.nn.Parameter(param.detach().to(dtype), requires_grad=False))
     return freed
 
